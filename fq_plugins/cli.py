@@ -1,0 +1,195 @@
+"""Command line: ``fq-plugins run | plugins | list | validate | show-default``.
+
+User errors (:class:`~fq_plugins.errors.FQError`) print one message and exit 2; nothing
+already computed is lost (``run`` writes its report after every variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, FQError
+
+__all__ = ["main"]
+
+_LIST_FAMILIES = ("compressors", "metrics", "meters", "selectors")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=2); got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+    return out
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fq-plugins",
+        description="Fairness-aware model compression and energy accounting.",
+        epilog="Docs: docs/index.md. Errors exit with status 2 and one message.",
+    )
+    p.add_argument("--version", action="version", version=f"fq-plugins {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser(
+        "run",
+        help="train FP32, compress, evaluate fairness/size/energy, print and write a report",
+        description=(
+            "Run a complete compress → evaluate → report job. With no RECIPE, runs the embedded "
+            "default: a small CNN on generated images with a harder minority group, FP32 vs "
+            "Uniform-8/4/2 (see `fq-plugins show-default`). Writes report.json and recipe.yaml "
+            "to OUTPUT_DIR/<time>-<name>/ and prints a comparison table."
+        ),
+    )
+    r.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml or .json); default: embedded")
+    r.add_argument("-o", "--output", metavar="DIR", help="write into exactly this folder (created)")
+    r.add_argument("--seed", type=int, help="override recipe seed")
+    r.add_argument("--epochs", type=int, help="override train.epochs")
+    r.add_argument("--finetune-epochs", type=int, help="override finetune.epochs")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key by dotted path, value in YAML (repeatable), "
+                        "e.g. --set data.synthetic.n=2000")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines; table only")
+    r.add_argument("--json", action="store_true", help="print the report JSON instead of the table")
+
+    pl = sub.add_parser("plugins", help="list loaded plugins with distribution, version, hooks, names")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ls = sub.add_parser("list", help="list registered names of a family with descriptions")
+    ls.add_argument("family", choices=_LIST_FAMILIES)
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    v = sub.add_parser("validate", help="check a recipe and print it resolved (JSON)")
+    v.add_argument("recipe", help="recipe file")
+
+    sub.add_parser("show-default", help="print the embedded default recipe (YAML)")
+    return p
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    infos = pm.plugin_infos()
+    if args.json:
+        print(json.dumps({"plugins": [i.to_dict() for i in infos],
+                          "errors": [str(e) for e in pm.load_errors]}, indent=2))
+    else:
+        for i in infos:
+            kind = "built-in" if i.builtin else "third-party"
+            print(f"{i.name}  ({i.distribution} {i.version}, {kind})")
+            print(f"  hooks: {', '.join(i.hooks)}")
+            for fam, names in sorted(i.registered.items()):
+                print(f"  {fam}: {', '.join(names)}")
+    for e in pm.load_errors:
+        print(f"warning: {e}", file=sys.stderr)
+    return 1 if pm.load_errors else 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    reg = pm.registries[args.family]
+    if args.json:
+        print(json.dumps([{"name": e.name, "description": e.description, "plugin": e.plugin} for e in reg],
+                         indent=2))
+    else:
+        width = max((len(e.name) for e in reg), default=0)
+        for e in reg:
+            print(f"{e.name.ljust(width)}  {e.description}")
+    for err in pm.load_errors:
+        print(f"warning: {err}", file=sys.stderr)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .manager import get_plugin_manager
+    from .recipe import load_recipe
+    from .run import run
+
+    pm = get_plugin_manager()
+    for err in pm.load_errors:
+        print(f"warning: {err}", file=sys.stderr)
+    overrides = _parse_set(args.set)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    if args.finetune_epochs is not None:
+        overrides["finetune.epochs"] = args.finetune_epochs
+    recipe = load_recipe(args.recipe, plugin_manager=pm, overrides=overrides)
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        report, out = run(recipe, plugin_manager=pm, output_dir=args.output, log=log)
+    except FQError as exc:
+        raise _RunFailed(exc, recipe) from None
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        from .report import format_table
+
+        if args.quiet:
+            print(format_table(report.variants))
+        print(f"report: {out}/report.json")
+    return 0
+
+
+class _RunFailed(FQError):
+    def __init__(self, exc: FQError, recipe: Any) -> None:
+        super().__init__(f"{exc}\n(partial report, if any, is in the run's output folder under "
+                         f"{recipe.output.dir!r})")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    print(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _cmd_show_default(args: argparse.Namespace) -> int:
+    from .recipe import default_recipe_text
+
+    print(default_recipe_text(), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handlers = {"run": _cmd_run, "plugins": _cmd_plugins, "list": _cmd_list,
+                "validate": _cmd_validate, "show-default": _cmd_show_default}
+    try:
+        return handlers[args.command](args)
+    except FQError as exc:
+        print(f"fq-plugins: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fq-plugins: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

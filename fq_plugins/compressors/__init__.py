@@ -1,0 +1,1 @@
+"""Built-in compressor plugins and the quantization ops they share."""

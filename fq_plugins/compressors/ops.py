@@ -1,0 +1,111 @@
+"""Shared quantization ops: per-operation straight-through estimators and fake-quantizers.
+
+Each STE passes the gradient of one rounding (or clamping) operation as identity, so the
+gradient still reaches every learnable quantizer parameter through the other operations.
+Never use the whole-tensor form ``w + (ŵ - w).detach()`` for anything learnable: it cuts
+the gradient to bits and dead-zones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "channel_absmax",
+    "levels",
+    "round_ste",
+    "symmetric_fake_quant",
+    "symmetric_quant_codes",
+]
+
+_TINY = 1e-12
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class _ReplaceSTE(torch.autograd.Function):
+    """Forward: ``value`` exactly; backward: identity to ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` forward (bit-exact), identity backward."""
+    return _RoundSTE.apply(x)
+
+
+def levels(bits: torch.Tensor) -> torch.Tensor:
+    """Largest symmetric code ``Q = 2^(b-1) - 1`` (0 for 1-bit, handled as binary)."""
+    return torch.pow(2.0, bits - 1.0) - 1.0
+
+
+def channel_absmax(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel ``max|w|`` over all but dim 0, shaped to broadcast against ``w``."""
+    flat = w.detach().reshape(w.shape[0], -1).abs().amax(dim=1)
+    return flat.reshape((-1,) + (1,) * (w.dim() - 1))
+
+
+def _broadcast_bits(bits: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    bits = bits.to(w.dtype)
+    if bits.dim() == 0:
+        return bits
+    return bits.reshape((-1,) + (1,) * (w.dim() - 1))
+
+
+def symmetric_quant_codes(
+    w: torch.Tensor, bits: torch.Tensor, *, per_channel: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes and scales of symmetric absmax quantization.
+
+    ``bits`` is a scalar or one value per output channel (dim 0). For ``b ≥ 2``:
+    ``s = max|w_c| / Q``, ``q = clamp(round(w / s), -Q, Q)``. For ``b = 1`` the code is the
+    sign (±1, 0 stays 0) and ``s = mean|w_c|`` (binary weights). Returns ``(q, s)`` with
+    ``q`` integral-valued (float dtype) and ``s`` broadcastable against ``w``; the
+    dequantized weight is ``q · s``.
+    """
+    b = _broadcast_bits(bits, w)
+    wd = w.detach()
+    if per_channel:
+        amax = channel_absmax(wd)
+        mean_abs = wd.reshape(w.shape[0], -1).abs().mean(dim=1).reshape(amax.shape)
+    else:
+        amax = wd.abs().amax().reshape((1,) * w.dim())
+        mean_abs = wd.abs().mean().reshape((1,) * w.dim())
+    q_max = levels(b)
+    binary = q_max < 0.5
+    s_multi = amax.clamp_min(_TINY) / q_max.clamp_min(1.0)
+    s = torch.where(binary, mean_abs.clamp_min(_TINY), s_multi)
+    q = torch.where(binary, torch.sign(wd), torch.clamp(torch.round(wd / s), -q_max, q_max))
+    return q, s
+
+
+def symmetric_fake_quant(
+    w: torch.Tensor, bits: torch.Tensor, *, per_channel: bool = True
+) -> torch.Tensor:
+    """Fake-quantize ``w`` symmetrically (absmax scale, detached), round as STE.
+
+    Forward equals ``q · s`` of :func:`symmetric_quant_codes` exactly; backward passes the
+    gradient to ``w`` as identity (the scale is treated as a constant).
+    """
+    b = _broadcast_bits(bits, w)
+    q, s = symmetric_quant_codes(w, bits, per_channel=per_channel)
+    q_max = levels(b)
+    if bool((q_max < 0.5).any()):
+        # binary channels: sign(w)·s forward, identity backward
+        return _ReplaceSTE.apply(w, q * s)
+    # Per-op STE: only the rounding is bypassed; clamp is inactive for absmax scales.
+    return torch.clamp(round_ste(w / s), -q_max, q_max) * s

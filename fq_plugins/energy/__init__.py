@@ -1,0 +1,1 @@
+"""Energy meters (plugins), readings and the carbon model."""

@@ -1,0 +1,1 @@
+"""Group confusion table, fairness metric plugins and differentiable regularizers."""

@@ -1,0 +1,391 @@
+"""The recipe: one config for every host (``fq-plugins run``, HF Trainer, NNCF, torchao).
+
+A YAML/JSON file or a dict, validated by pydantic v2 into typed objects. Each item of
+``compress`` is validated by its method's own ``Config``. Unknown keys and bad values raise
+:class:`~fq_plugins.errors.ConfigError` naming the key path, the value, what is allowed and
+the fix. ``Recipe.model_dump(mode="json")`` round-trips through :func:`load_recipe`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .data.npz import GroupSpec
+from .errors import ConfigError, close_matches
+from .fairness.regularizers import RegularizerSpec
+from .protocols import MethodConfig
+
+if TYPE_CHECKING:
+    from .manager import FQPluginManager
+
+__all__ = [
+    "DataSpec",
+    "EnergySpec",
+    "FairnessSpec",
+    "FinetuneSpec",
+    "ModelSpec",
+    "Recipe",
+    "TrainSpec",
+    "default_recipe_text",
+    "load_recipe",
+    "validate_method_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticSpec(_Strict):
+    """The embedded dataset's knobs (see :func:`fq_plugins.data.make_synthetic`)."""
+
+    n: int = Field(6000, ge=20)
+    n_classes: int = Field(5, ge=2, le=100)
+    image_size: int = Field(16, ge=4, le=256)
+    minority_fraction: float = Field(0.2, gt=0, lt=1)
+    minority_amplitude: float = Field(0.55, gt=0)
+    minority_noise: float = Field(1.25, gt=0)
+
+
+class DataSpec(_Strict):
+    """``data``: where examples, labels and group ids come from."""
+
+    source: Literal["synthetic", "npz"] = "synthetic"
+    path: str | None = Field(None, description="For source npz; $VARS and ~ are expanded.")
+    group: GroupSpec | None = Field(None, description="For source npz: the group column.")
+    x_key: str = "x"
+    y_key: str = "y"
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    max_examples: int | None = Field(None, ge=10, description="Stratified subsample first.")
+    normalize: bool = Field(True, description="Standardize channels with train statistics.")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> DataSpec:
+        if self.source == "npz":
+            if not self.path:
+                raise ValueError("source 'npz' needs `path: FILE.npz`")
+            if self.group is None:
+                raise ValueError("source 'npz' needs `group: {column: NAME, ...}` (e.g. {column: age, threshold: 60})")
+        return self
+
+
+class ModelSpec(_Strict):
+    """``model``: ``small_cnn``, ``mlp`` or ``timm:<architecture>`` (never pretrained)."""
+
+    name: str = "small_cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSpec(_Strict):
+    """``train``: FP32 training of the reference model (AdamW)."""
+
+    epochs: int = Field(6, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores.")
+
+
+class FinetuneSpec(_Strict):
+    """``finetune``: training of each compressed variant (QAT), with the fairness regularizer."""
+
+    epochs: int = Field(2, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class FairnessSpec(_Strict):
+    """``fairness``: where group ids come from, the training regularizer, the metrics."""
+
+    group_key: str = "group"
+    regularizer: RegularizerSpec = Field(default_factory=RegularizerSpec)
+    metrics: list[str] = Field(
+        default_factory=lambda: ["group_accuracy", "worst_group_accuracy", "accuracy_gap"]
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        pm = (info.context or {}).get("plugin_manager")
+        if pm is not None:
+            for i, name in enumerate(v):
+                pm.metrics.get(name, key=f"fairness.metrics[{i}]")
+        return v
+
+
+class EnergySpec(_Strict):
+    """``energy``: meters wrapping each phase; ``auto`` = first measured meter, else estimate."""
+
+    meters: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
+
+    @field_validator("meters")
+    @classmethod
+    def _known_meters(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        pm = (info.context or {}).get("plugin_manager")
+        if pm is not None:
+            for i, name in enumerate(v):
+                if name != "auto":
+                    pm.meters.get(name, key=f"energy.meters[{i}]")
+        return v
+
+
+class OutputSpec(_Strict):
+    dir: str = Field("fq-runs", description="Parent folder; each run writes DIR/<time>-<name>/.")
+
+
+MethodList = list[SerializeAsAny[MethodConfig]]
+
+
+class Recipe(_Strict):
+    """A whole job. ``compress`` is the main pipeline (methods apply in order);
+    ``compare`` adds named pipelines that ``fq-plugins run`` evaluates beside it."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    compress: MethodList = Field(default_factory=list)
+    compare: dict[str, MethodList] = Field(default_factory=dict)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    fairness: FairnessSpec = Field(default_factory=FairnessSpec)
+    energy: EnergySpec = Field(default_factory=EnergySpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("compress", mode="before")
+    @classmethod
+    def _validate_compress(cls, v: Any, info: ValidationInfo) -> Any:
+        return _validate_methods(v, info, "compress")
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _validate_compare(cls, v: Any, info: ValidationInfo) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for name, methods in v.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"variant names must be non-empty strings; got {name!r}")
+            out[name] = _validate_methods(methods, info, f"compare.{name}")
+        return out
+
+    def variants(self) -> dict[str, list[MethodConfig]]:
+        """Named pipelines to evaluate: the main ``compress`` (named after its methods) first."""
+        out: dict[str, list[MethodConfig]] = {}
+        if self.compress:
+            out[_pipeline_name(self.compress)] = list(self.compress)
+        for name, methods in self.compare.items():
+            if name in out:
+                raise ConfigError(
+                    f"variant name {name!r} is also the name of the main `compress` pipeline; rename it",
+                    key=f"compare.{name}",
+                )
+            out[name] = list(methods)
+        return out
+
+
+def _pipeline_name(methods: list[MethodConfig]) -> str:
+    parts = []
+    for m in methods:
+        bits = getattr(m, "bits", None)
+        parts.append(f"{m.method}-{bits}" if isinstance(bits, int) and getattr(m, "budget", None) is None else m.method)
+    return "+".join(parts)
+
+
+class _MethodItemError(ValueError):
+    """Carries a ConfigError out of a pydantic validator without pydantic rewording it."""
+
+    def __init__(self, err: ConfigError) -> None:
+        self.err = err
+        super().__init__(str(err))
+
+
+def _validate_methods(v: Any, info: ValidationInfo, key: str) -> Any:
+    pm = (info.context or {}).get("plugin_manager")
+    if pm is None or not isinstance(v, list):
+        return v
+    try:
+        return [validate_method_config(item, pm, key=f"{key}[{i}]") for i, item in enumerate(v)]
+    except ConfigError as exc:
+        raise _MethodItemError(exc) from None
+
+
+def validate_method_config(item: Any, pm: FQPluginManager, *, key: str) -> MethodConfig:
+    """Validate one ``compress`` item by its method's own ``Config``."""
+    if isinstance(item, MethodConfig):
+        cls = pm.compressors.get(item.method, key=f"{key}.method")
+        if isinstance(item, cls.Config):
+            return item
+        item = item.model_dump()
+    if not isinstance(item, dict):
+        raise ConfigError(
+            f"each method must be a mapping like {{method: uniform, bits: 4}}; got {item!r}", key=key
+        )
+    if "method" not in item:
+        raise ConfigError(
+            f"missing `method`; allowed: {', '.join(pm.compressors.names())}", key=f"{key}.method"
+        )
+    cls = pm.compressors.get(str(item["method"]), key=f"{key}.method")
+    try:
+        return cls.Config.model_validate(item)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, cls.Config, prefix=key)) from None
+
+
+# --- error formatting ----------------------------------------------------------------
+
+
+def _loc_str(prefix: str, loc: tuple[Any, ...]) -> str:
+    s = prefix
+    for part in loc:
+        if isinstance(part, int):
+            s += f"[{part}]"
+        else:
+            s += f".{part}" if s else str(part)
+    return s
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last key of ``loc`` (for allowed-key lists)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return None
+        ann = cur.model_fields[part].annotation
+        cur = _unwrap_model(ann)
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _unwrap_model(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in get_args(ann) if get_origin(ann) is not None else ():
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        where = _loc_str(prefix, loc) or "(recipe)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, loc)
+            allowed = sorted(owner.model_fields) if owner else []
+            hint = close_matches(str(loc[-1]), allowed)
+            lines.append(
+                f"{where}: unknown key {loc[-1]!r}. Allowed keys here: {', '.join(allowed)}."
+                + (f" Did you mean {hint}?" if hint else "")
+            )
+        elif err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), _MethodItemError):
+            lines.append(str(err["ctx"]["error"].err))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{where}: {msg}{shown}.")
+    return "invalid recipe:\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0]
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def default_recipe_text() -> str:
+    """The embedded default recipe that ``fq-plugins run`` uses with no arguments."""
+    return resources.files("fq_plugins").joinpath("recipes/default.yaml").read_text(encoding="utf-8")
+
+
+def _read_file(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        raise ConfigError(f"recipe path {str(path)!r} is a folder; give a .yaml or .json file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise ConfigError(f"recipe file {str(path)!r} is not valid {kind}: {exc}") from None
+
+
+def load_recipe(
+    source: str | os.PathLike[str] | dict[str, Any] | None = None,
+    *,
+    plugin_manager: FQPluginManager | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Recipe:
+    """Validate a recipe from a file path (YAML or JSON), a dict, or ``None`` (the default).
+
+    :param overrides: dotted keys → values applied before validation
+        (``{"train.epochs": 1}``).
+    """
+    from .manager import get_plugin_manager
+
+    base_dir: Path | None = None
+    if source is None:
+        data = yaml.safe_load(default_recipe_text())
+    elif isinstance(source, dict):
+        data = source
+    else:
+        path = Path(os.path.expanduser(os.fspath(source)))
+        data = _read_file(path)
+        base_dir = path.resolve().parent
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"a recipe must be a mapping of sections (compress, fairness, …); got {type(data).__name__}"
+        )
+    data = dict(data)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    pm = plugin_manager or get_plugin_manager()
+    try:
+        recipe = Recipe.model_validate(data, context={"plugin_manager": pm})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, Recipe)) from None
+    if recipe.data.path and base_dir is not None:
+        p = Path(os.path.expanduser(os.path.expandvars(recipe.data.path)))
+        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+            recipe.data.path = str(base_dir / p)
+    return recipe
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if nxt is None:
+            nxt = cur[part] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section", key=dotted)
+        else:
+            nxt = cur[part] = dict(nxt)
+        cur = nxt
+    cur[parts[-1]] = value

@@ -1,0 +1,145 @@
+"""The report of a run: one record per variant, a printed table and JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+from .accounting import BITS_CONVENTION, ModelCost
+from .protocols import EnergyReading, MetricResult, _json_safe
+
+__all__ = ["EvaluationReport", "RunReport", "format_table"]
+
+
+@dataclasses.dataclass
+class EvaluationReport:
+    """One evaluated variant (``fp32`` or a compression pipeline) on the test split."""
+
+    variant: str
+    methods: list[str]
+    accuracy: float
+    mean_group_accuracy: float
+    worst_group_accuracy: float
+    accuracy_gap: float
+    group_accuracy: list[float]
+    group_names: list[str]
+    metrics: dict[str, MetricResult]
+    cost: ModelCost
+    energy: dict[str, EnergyReading]
+    wall_seconds: float
+    finalize_max_abs_diff: float | None = None
+
+    @property
+    def energy_joules(self) -> float:
+        vals = [r.total_joules for r in self.energy.values()]
+        return float(sum(vals)) if vals else math.nan
+
+    @property
+    def energy_method(self) -> str:
+        return "+".join(sorted({r.method for r in self.energy.values()})) or "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(
+            {
+                "variant": self.variant,
+                "methods": self.methods,
+                "accuracy": self.accuracy,
+                "mean_group_accuracy": self.mean_group_accuracy,
+                "worst_group_accuracy": self.worst_group_accuracy,
+                "accuracy_gap": self.accuracy_gap,
+                "group_accuracy": dict(zip(self.group_names, self.group_accuracy, strict=True)),
+                "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+                "cost": self.cost.to_dict(),
+                "energy": {k: v.to_dict() for k, v in self.energy.items()},
+                "energy_joules": self.energy_joules,
+                "energy_method": self.energy_method,
+                "wall_seconds": self.wall_seconds,
+                "finalize_max_abs_diff": self.finalize_max_abs_diff,
+            }
+        )
+
+
+@dataclasses.dataclass
+class RunReport:
+    """A whole ``fq-plugins run``: metadata plus every variant's report."""
+
+    name: str
+    recipe: dict[str, Any]
+    dataset: dict[str, Any]
+    environment: dict[str, Any]
+    variants: list[EvaluationReport] = dataclasses.field(default_factory=list)
+    status: str = "running"
+    error: str | None = None
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(
+            {
+                "name": self.name,
+                "status": self.status,
+                "error": self.error,
+                "wall_seconds": self.wall_seconds,
+                "conventions": {
+                    "accuracy": "overall test accuracy",
+                    "mean_group_accuracy": "mean over groups of per-group accuracy",
+                    "accuracy_gap": "mean_group_accuracy − worst_group_accuracy",
+                    "bits_and_size": BITS_CONVENTION,
+                    "energy": "labelled per figure: measured:* or estimated:*",
+                },
+                "dataset": self.dataset,
+                "environment": self.environment,
+                "recipe": self.recipe,
+                "variants": [v.to_dict() for v in self.variants],
+            }
+        )
+
+    def write(self, output_dir: str) -> str:
+        """Write ``report.json`` atomically (a crash mid-write never leaves half a file)."""
+        path = os.path.join(output_dir, "report.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+        return path
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_table(variants: list[EvaluationReport]) -> str:
+    """A fixed-width comparison table of the variants."""
+    header = ["method", "acc", "mean-grp", "worst-grp", "gap", "avg bits", "sparsity", "packed", "time s", "energy J"]
+    rows = []
+    for v in variants:
+        rows.append(
+            [
+                v.variant,
+                f"{v.accuracy:.4f}",
+                f"{v.mean_group_accuracy:.4f}",
+                f"{v.worst_group_accuracy:.4f}",
+                f"{v.accuracy_gap:.4f}",
+                f"{v.cost.avg_bits_param:.2f}",
+                f"{v.cost.sparsity:.3f}",
+                _fmt_bytes(v.cost.packed_bytes),
+                f"{v.wall_seconds:.1f}",
+                f"{v.energy_joules:.0f}" if math.isfinite(v.energy_joules) else "missing",
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+    out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    methods = sorted({v.energy_method for v in variants})
+    out.append(f"energy: {', '.join(methods)} (estimated:* figures are estimates, not measurements)")
+    out.append("avg bits: parameter-weighted over Conv/Linear weights (unquantized = 32); "
+               "packed: b-bit codes + fp32 per-channel scales + other tensors")
+    return "\n".join(out)

@@ -1,0 +1,147 @@
+"""CompressionSession: attach every method of a recipe in order, sum penalties, report, finalize."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .accounting import ModelCost, model_cost
+from .errors import ConfigError
+from .protocols import AttachContext, CompressionStats, Compressor, MethodConfig
+from .targets import select_targets
+
+if TYPE_CHECKING:
+    from .manager import FQPluginManager
+
+__all__ = ["CompressionSession"]
+
+
+class CompressionSession:
+    """Runs a list of compressors over one model.
+
+    Typical use::
+
+        session = CompressionSession.from_configs(recipe.compress)
+        session.attach(model)                      # before building the optimizer
+        opt = torch.optim.AdamW(session.param_groups(model, lr=1e-3))
+        loss = task_loss + session.penalty()       # each step; then session.on_step(step)
+        cost = session.cost(model, example_input)  # bits, sparsity, packed size, BOPs
+        model = session.finalize(model)            # plain model, same outputs
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[Compressor],
+        *,
+        plugin_manager: FQPluginManager | None = None,
+        key: str = "compress",
+    ) -> None:
+        self.methods = list(methods)
+        self.pm = plugin_manager
+        self.key = key
+        self.attached = False
+        self.finalized = False
+        self._final_bits: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_configs(
+        cls,
+        configs: Sequence[MethodConfig | dict[str, Any]],
+        *,
+        plugin_manager: FQPluginManager | None = None,
+        key: str = "compress",
+    ) -> CompressionSession:
+        """Instantiate each method by its registered name (``config.method``).
+
+        ``key`` is the recipe path of the list, used in error messages.
+        """
+        from .manager import get_plugin_manager
+        from .recipe import validate_method_config
+
+        pm = plugin_manager or get_plugin_manager()
+        methods = []
+        for i, cfg in enumerate(configs):
+            cfg = validate_method_config(cfg, pm, key=f"{key}[{i}]")
+            methods.append(pm.compressors.get(cfg.method, key=f"{key}[{i}].method")(cfg))
+        return cls(methods, plugin_manager=pm, key=key)
+
+    def attach(self, model: nn.Module, context: AttachContext | None = None) -> nn.Module:
+        """Attach every method, in order, to the modules its ``targets`` select."""
+        if self.attached:
+            raise RuntimeError("this session is already attached; create a new session per model")
+        for i, method in enumerate(self.methods):
+            targets = select_targets(model, method.config.targets, key=f"{self.key}[{i}].targets")
+            try:
+                method.attach(model, targets, context)
+            except ConfigError as exc:
+                if exc.key is not None and not exc.key.startswith(self.key):
+                    # a method names keys relative to its own config; give the recipe path
+                    msg = str(exc).removeprefix(f"{exc.key}: ")
+                    raise ConfigError(msg, key=f"{self.key}[{i}].{exc.key}") from None
+                raise
+        self.attached = True
+        if self.pm is not None:
+            self.pm.after_attach(self, model)
+        return model
+
+    def penalty(self) -> torch.Tensor:
+        """Sum of the methods' (already weighted) penalties."""
+        total: torch.Tensor | None = None
+        for m in self.methods:
+            p = m.penalty()
+            total = p if total is None else total + p.to(total.device)
+        return total if total is not None else torch.zeros(())
+
+    def param_groups(
+        self, model: nn.Module, *, lr: float, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """The methods' own param groups plus one group with every other trainable parameter."""
+        groups: list[dict[str, Any]] = []
+        taken: set[int] = set()
+        for m in self.methods:
+            for g in m.param_groups():
+                params = [p for p in g["params"] if id(p) not in taken]
+                taken.update(id(p) for p in params)
+                if params:
+                    groups.append({"lr": lr, "weight_decay": weight_decay, **g, "params": params})
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+        return [{"params": rest, "lr": lr, "weight_decay": weight_decay}, *groups]
+
+    def on_step(self, step: int) -> None:
+        for m in self.methods:
+            m.on_step(step)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for m in self.methods:
+            m.on_epoch_end(epoch)
+
+    def stats(self) -> list[CompressionStats]:
+        return [m.stats() for m in self.methods]
+
+    def bit_widths(self) -> dict[str, torch.Tensor]:
+        """Per-channel weight bits by module name; a later method overrides an earlier one."""
+        if self._final_bits is not None:
+            return dict(self._final_bits)
+        bits: dict[str, torch.Tensor] = {}
+        for st in self.stats():
+            for name, layer in st.layers.items():
+                if layer.bits is not None:
+                    bits[name] = layer.bits
+        return bits
+
+    def cost(
+        self, model: nn.Module, example_input: torch.Tensor | None = None, *, act_bits: float = 32.0
+    ) -> ModelCost:
+        """Bits, sparsity, packed size and BOPs of ``model`` (see :mod:`fq_plugins.accounting`)."""
+        return model_cost(model, self.bit_widths(), example_input=example_input, act_bits=act_bits)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Bake every method in (attach order); returns a plain model with the same outputs."""
+        self._final_bits = self.bit_widths()
+        for m in self.methods:
+            model = m.finalize(model)
+        self.finalized = True
+        return model
