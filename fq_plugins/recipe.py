@@ -56,11 +56,12 @@ class SyntheticSpec(_Strict):
     """The embedded dataset's knobs (see :func:`fq_plugins.data.make_synthetic`)."""
 
     n: int = Field(6000, ge=20)
-    n_classes: int = Field(5, ge=2, le=100)
+    n_classes: int = Field(8, ge=2, le=100)
     image_size: int = Field(16, ge=4, le=256)
     minority_fraction: float = Field(0.2, gt=0, lt=1)
-    minority_amplitude: float = Field(0.55, gt=0)
-    minority_noise: float = Field(1.25, gt=0)
+    majority_amplitude: float = Field(0.2, gt=0)
+    minority_amplitude: float = Field(0.14, gt=0)
+    minority_noise: float = Field(1.2, gt=0)
 
 
 class DataSpec(_Strict):

@@ -53,7 +53,8 @@ def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDatase
         s = spec.synthetic
         ds = make_synthetic(
             s.n, n_classes=s.n_classes, image_size=s.image_size, minority_fraction=s.minority_fraction,
-            minority_amplitude=s.minority_amplitude, minority_noise=s.minority_noise, seed=seed,
+            majority_amplitude=s.majority_amplitude, minority_amplitude=s.minority_amplitude,
+            minority_noise=s.minority_noise, seed=seed,
         )
     else:
         assert spec.path is not None and spec.group is not None  # the recipe validator checked

@@ -27,13 +27,13 @@ def _smooth_patterns(n: int, channels: int, size: int, gen: torch.Generator) -> 
 def make_synthetic(
     n: int = 6000,
     *,
-    n_classes: int = 5,
+    n_classes: int = 8,
     image_size: int = 16,
     channels: int = 3,
     minority_fraction: float = 0.2,
-    minority_amplitude: float = 0.55,
-    majority_amplitude: float = 1.0,
-    minority_noise: float = 1.25,
+    minority_amplitude: float = 0.14,
+    majority_amplitude: float = 0.2,
+    minority_noise: float = 1.2,
     seed: int = 0,
 ) -> GroupDataset:
     """Generate the default dataset (see the module docstring)."""
