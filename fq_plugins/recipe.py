@@ -212,22 +212,11 @@ def _pipeline_name(methods: list[MethodConfig]) -> str:
     return "+".join(parts)
 
 
-class _MethodItemError(ValueError):
-    """Carries a ConfigError out of a pydantic validator without pydantic rewording it."""
-
-    def __init__(self, err: ConfigError) -> None:
-        self.err = err
-        super().__init__(str(err))
-
-
 def _validate_methods(v: Any, info: ValidationInfo, key: str) -> Any:
     pm = (info.context or {}).get("plugin_manager")
     if pm is None or not isinstance(v, list):
         return v
-    try:
-        return [validate_method_config(item, pm, key=f"{key}[{i}]") for i, item in enumerate(v)]
-    except ConfigError as exc:
-        raise _MethodItemError(exc) from None
+    return [validate_method_config(item, pm, key=f"{key}[{i}]") for i, item in enumerate(v)]
 
 
 def validate_method_config(item: Any, pm: FQPluginManager, *, key: str) -> MethodConfig:
@@ -288,6 +277,20 @@ def _unwrap_model(ann: Any) -> Any:
     return None
 
 
+def _config_error(err: Any) -> ConfigError | None:
+    """A ConfigError our own validators raised (pydantic wraps it as a value_error)."""
+    inner = (err.get("ctx") or {}).get("error")
+    return inner if isinstance(inner, ConfigError) else None
+
+
+def _raise_validation(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> None:
+    """Re-raise a lone ConfigError as itself (keeps UnknownPluginError); else format all."""
+    errs = exc.errors(include_url=False)
+    if len(errs) == 1 and _config_error(errs[0]) is not None:
+        raise _config_error(errs[0]) from None  # type: ignore[misc]
+    raise ConfigError(_format_errors(exc, model, prefix)) from None
+
+
 def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     lines = []
     for err in exc.errors(include_url=False):
@@ -302,8 +305,8 @@ def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "
                 f"{where}: unknown key {loc[-1]!r}. Allowed keys here: {', '.join(allowed)}."
                 + (f" Did you mean {hint}?" if hint else "")
             )
-        elif err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), _MethodItemError):
-            lines.append(str(err["ctx"]["error"].err))
+        elif isinstance(_config_error(err), ConfigError):
+            lines.append(str(_config_error(err)))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
@@ -369,7 +372,7 @@ def load_recipe(
     try:
         recipe = Recipe.model_validate(data, context={"plugin_manager": pm})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, Recipe)) from None
+        _raise_validation(exc, Recipe)
     if recipe.data.path and base_dir is not None:
         p = Path(os.path.expanduser(os.path.expandvars(recipe.data.path)))
         if not p.is_absolute() and not p.exists() and (base_dir / p).exists():

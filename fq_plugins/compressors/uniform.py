@@ -50,6 +50,16 @@ class UniformConfig(MethodConfig):
     budget: AvgBitsBudget | None = None
 
 
+def _quantizer(mod: nn.Module) -> SymmetricWeightQuant | None:
+    """This method's parametrization on ``mod.weight`` (other methods' may be chained)."""
+    if not parametrize.is_parametrized(mod, "weight"):
+        return None
+    for p in mod.parametrizations.weight:  # type: ignore[union-attr]
+        if isinstance(p, SymmetricWeightQuant):
+            return p
+    return None
+
+
 def weight_params_total(model: nn.Module) -> int:
     """Number of Conv/Linear weight parameters (the accounting's denominator)."""
     types = MODULE_TYPES["conv"] + MODULE_TYPES["linear"]
@@ -95,10 +105,10 @@ class UniformCompressor(Compressor):
         self.chosen_bits = k
         per_channel = self.config.granularity == "channel"
         for name, mod in targets:
-            if parametrize.is_parametrized(mod, "weight"):
+            if _quantizer(mod) is not None:
                 raise ConfigError(
-                    f"module {name!r} already has a weight parametrization; attach uniform once per "
-                    f"module (check overlapping targets in the recipe)",
+                    f"module {name!r} is already quantized by uniform; attach it once per module "
+                    f"(check overlapping targets in the recipe)",
                     key="targets",
                 )
             c = mod.weight.shape[0] if per_channel else 1
@@ -110,14 +120,16 @@ class UniformCompressor(Compressor):
     def stats(self) -> CompressionStats:
         layers = {}
         for name, mod in self.attached:
-            if not parametrize.is_parametrized(mod, "weight"):
+            q = _quantizer(mod)
+            if q is None:
                 continue
-            q = mod.parametrizations.weight[0]  # type: ignore[union-attr,index]
             bits = q.bits if q.bits.numel() == mod.weight.shape[0] else q.bits.expand(mod.weight.shape[0])
             layers[name] = LayerStats(bits=bits.detach().clone())
         return CompressionStats(method=self.name, layers=layers, extra={"bits": getattr(self, "chosen_bits", None)})
 
     def finalize(self, model: nn.Module) -> nn.Module:
+        # remove_parametrizations bakes the whole chain on the tensor (e.g. a pruning mask
+        # attached earlier, then this quantizer) into one plain weight: same values.
         for _, mod in self.attached:
             if parametrize.is_parametrized(mod, "weight"):
                 parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)

@@ -34,6 +34,10 @@ class GroupSpec(BaseModel):
     column: str
     threshold: float | None = None
     values: list[str] | None = Field(default=None, min_length=1)
+    missing_values: list[float | str] = Field(
+        default_factory=list,
+        description="Values that mean 'unknown' (rows dropped), e.g. [-1] for HAM10000's age.",
+    )
 
 
 def _group_ids(col: np.ndarray, spec: GroupSpec, key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -46,6 +50,8 @@ def _group_ids(col: np.ndarray, spec: GroupSpec, key: str) -> tuple[np.ndarray, 
             )
         vals = col.astype(np.float64)
         keep = ~np.isnan(vals)
+        for mv in spec.missing_values:
+            keep &= vals != float(mv)
         gid = (vals >= spec.threshold).astype(np.int64)
         t = f"{spec.threshold:g}"
         return gid, keep, [f"{spec.column}<{t}", f"{spec.column}>={t}"]
@@ -59,6 +65,8 @@ def _group_ids(col: np.ndarray, spec: GroupSpec, key: str) -> tuple[np.ndarray, 
                 f"{sorted(set(strs.tolist()))[:20]}",
                 key=key,
             )
+    missing = {str(v) for v in spec.missing_values}
+    names = [v for v in names if v not in missing]
     lookup = {v: i for i, v in enumerate(names)}
     gid = np.array([lookup.get(s, -1) for s in strs], dtype=np.int64)
     keep = gid >= 0

@@ -1,0 +1,78 @@
+"""Example third-party plugin: a magnitude pruner and a worst-class-recall metric."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn.utils import parametrize
+
+from fq_plugins import hookimpl
+from fq_plugins.fairness.table import GroupConfusion
+from fq_plugins.protocols import Compressor, FairnessMetric, MethodConfig, MetricResult
+
+__all__ = ["MagnitudePrune", "WorstClassRecall"]
+
+
+class _Mask(nn.Module):
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
+
+
+class MagnitudePruneConfig(MethodConfig):
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="Fraction of each weight set to 0.")
+
+
+class MagnitudePrune(Compressor):
+    """Unstructured per-layer magnitude pruning (mask fixed at attach)."""
+
+    name = "magnitude_prune"
+    description = "Zero the smallest-|w| fraction of each targeted weight (example plugin)."
+    Config = MagnitudePruneConfig
+    config: MagnitudePruneConfig
+
+    def attach(self, model, targets, context=None):  # type: ignore[no-untyped-def]
+        for name, mod in targets:
+            w = mod.weight.detach()
+            k = int(self.config.sparsity * w.numel())
+            mask = torch.ones_like(w)
+            if k > 0:
+                thresh = w.abs().flatten().kthvalue(k).values
+                mask = (w.abs() > thresh).to(w.dtype)
+            parametrize.register_parametrization(mod, "weight", _Mask(mask))
+            self.attached.append((name, mod))
+
+    def finalize(self, model):  # type: ignore[no-untyped-def]
+        for _, mod in self.attached:
+            if parametrize.is_parametrized(mod, "weight"):
+                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+        return model
+
+
+class WorstClassRecall(FairnessMetric):
+    """Lowest recall over classes with examples (all groups pooled)."""
+
+    name = "worst_class_recall"
+    description = "Minimum per-class recall over classes with examples (example plugin)."
+
+    def compute(self, table: GroupConfusion) -> MetricResult:
+        pooled = table.counts.sum(dim=0)  # true × predicted
+        support = pooled.sum(dim=1)
+        recall = torch.diagonal(pooled) / support.clamp_min(1)
+        present = recall[support > 0]
+        return MetricResult(self.name, float(present.min()) if present.numel() else float("nan"),
+                            per_class=torch.where(support > 0, recall, torch.nan).tolist())
+
+
+@hookimpl
+def fq_register_compressors(register):  # type: ignore[no-untyped-def]
+    register(MagnitudePrune)
+
+
+@hookimpl
+def fq_register_fairness_metrics(register):  # type: ignore[no-untyped-def]
+    register(WorstClassRecall)

@@ -1,0 +1,275 @@
+"""Contract tests for plugin authors: subclass one per family in your test suite.
+
+Example::
+
+    from fq_plugins.testing import CompressorContract
+
+    class TestMyPruner(CompressorContract):
+        compressor_cls = MyPruner
+        config = {"sparsity": 0.5}
+
+pytest collects the inherited ``test_*`` methods. Override ``make_model``,
+``make_input`` or ``attach_context`` when your method needs something else. Needs pytest
+(``pip install 'fq-plugins[dev]'``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import ConfigError
+from .fairness.table import GroupConfusion
+from .protocols import (
+    AttachContext,
+    Availability,
+    CompressionStats,
+    Compressor,
+    DataSelector,
+    EnergyMeter,
+    EnergyReading,
+    FairnessMetric,
+    MetricResult,
+)
+from .targets import select_targets
+
+__all__ = [
+    "CompressorContract",
+    "DataSelectorContract",
+    "EnergyMeterContract",
+    "FairnessMetricContract",
+]
+
+
+class _TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.relu(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class CompressorContract:
+    """The behaviour every :class:`~fq_plugins.protocols.Compressor` must show."""
+
+    compressor_cls: ClassVar[type[Compressor]]
+    config: ClassVar[dict[str, Any]] = {}
+    atol: ClassVar[float] = 1e-5
+
+    def make_model(self) -> nn.Module:
+        torch.manual_seed(0)
+        return _TinyNet()
+
+    def make_input(self) -> torch.Tensor:
+        return torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def attach_context(self) -> AttachContext:
+        gen = torch.Generator().manual_seed(2)
+        batches = [
+            (torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen),
+             torch.arange(8) % 2)
+            for _ in range(2)
+        ]
+        return AttachContext(calib_batches=lambda: iter(batches), n_groups=2)
+
+    def make_compressor(self) -> Compressor:
+        cfg = self.compressor_cls.Config.model_validate({"method": self.compressor_cls.name, **self.config})
+        return self.compressor_cls(cfg)
+
+    def attached(self) -> tuple[nn.Module, Compressor]:
+        model = self.make_model()
+        comp = self.make_compressor()
+        comp.attach(model, select_targets(model, comp.config.targets), self.attach_context())
+        return model, comp
+
+    # --- tests --------------------------------------------------------------------
+
+    def test_has_name_description_config(self) -> None:
+        assert isinstance(self.compressor_cls.name, str) and self.compressor_cls.name
+        assert self.compressor_cls.description, "set a one-line `description`"
+        assert "method" in self.compressor_cls.Config.model_fields
+
+    def test_config_json_round_trip(self) -> None:
+        cfg = self.make_compressor().config
+        again = type(cfg).model_validate(json.loads(cfg.model_dump_json()))
+        assert again == cfg
+
+    def test_config_rejects_unknown_key(self) -> None:
+        with pytest.raises(ValidationError):
+            self.compressor_cls.Config.model_validate(
+                {"method": self.compressor_cls.name, **self.config, "no_such_key_xyz": 1}
+            )
+
+    def test_penalty_is_a_scalar_tensor(self) -> None:
+        _, comp = self.attached()
+        p = comp.penalty()
+        assert isinstance(p, torch.Tensor) and p.dim() == 0 and math.isfinite(float(p))
+
+    def test_stats(self) -> None:
+        model, comp = self.attached()
+        st = comp.stats()
+        assert isinstance(st, CompressionStats)
+        modules = dict(model.named_modules())
+        for name, layer in st.layers.items():
+            assert name in modules, f"stats name {name!r} is not a module of the model"
+            if layer.bits is not None:
+                assert layer.bits.numel() == modules[name].weight.shape[0]
+                assert bool(((layer.bits >= 1) & (layer.bits <= 32)).all())
+
+    def test_gradient_reaches_weights(self) -> None:
+        model, comp = self.attached()
+        model.train()
+        loss = model(self.make_input()).square().mean() + comp.penalty()
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+    def test_state_dict_round_trip(self) -> None:
+        """All state lives in the model: a fresh attach + load_state_dict reproduces outputs."""
+        model, _ = self.attached()
+        with torch.no_grad():  # perturb so the state is not just the initial one
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        model.eval()
+        x = self.make_input()
+        expected = model(x)
+        fresh, _ = self.attached()
+        fresh.load_state_dict(model.state_dict())
+        fresh.eval()
+        torch.testing.assert_close(fresh(x), expected, rtol=0, atol=self.atol)
+
+    def test_finalize_gives_plain_model_with_same_outputs(self) -> None:
+        model, comp = self.attached()
+        model.eval()
+        x = self.make_input()
+        with torch.no_grad():
+            expected = model(x)
+        final = comp.finalize(model)
+        assert not any(parametrize.is_parametrized(m) for m in final.modules()), \
+            "finalize must remove parametrizations"
+        final.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(final(x), expected, rtol=0, atol=self.atol)
+
+    def test_deepcopy_after_attach(self) -> None:
+        model, _ = self.attached()
+        model.eval()
+        x = self.make_input()
+        torch.testing.assert_close(copy.deepcopy(model)(x), model(x), rtol=0, atol=0)
+
+
+def _random_table(seed: int = 0, groups: int = 3, classes: int = 4) -> GroupConfusion:
+    gen = torch.Generator().manual_seed(seed)
+    n = 400
+    t = GroupConfusion(groups, classes)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    noise = torch.randint(0, classes, (n,), generator=gen)
+    keep = torch.rand(n, generator=gen) < 0.6
+    return t.update(torch.where(keep, y, noise), y, torch.randint(0, groups, (n,), generator=gen))
+
+
+class FairnessMetricContract:
+    """The behaviour every :class:`~fq_plugins.protocols.FairnessMetric` must show."""
+
+    metric_cls: ClassVar[type[FairnessMetric]]
+    scale_invariant: ClassVar[bool] = True
+    """Rate-based metrics do not change when every count is doubled; set False otherwise."""
+
+    def test_has_name_and_description(self) -> None:
+        assert self.metric_cls.name and self.metric_cls.description
+
+    def test_returns_metric_result(self) -> None:
+        r = self.metric_cls().compute(_random_table())
+        assert isinstance(r, MetricResult) and r.name == self.metric_cls.name
+        assert isinstance(r.value, float) and math.isfinite(r.value)
+        json.dumps(r.to_dict(), allow_nan=False)
+
+    def test_scale_invariance(self) -> None:
+        if not self.scale_invariant:
+            pytest.skip("metric declares itself count-dependent")
+        t = _random_table()
+        t2 = GroupConfusion(t.n_groups, t.n_classes)
+        t2.counts = t.counts * 2
+        assert self.metric_cls().compute(t2).value == pytest.approx(self.metric_cls().compute(t).value, abs=1e-12)
+
+    def test_group_without_examples_does_not_raise(self) -> None:
+        t = _random_table()
+        t.counts[1] = 0
+        self.metric_cls().compute(t)
+
+
+class EnergyMeterContract:
+    """The behaviour every :class:`~fq_plugins.protocols.EnergyMeter` must show.
+
+    Override ``make_meter`` to build it against a fake device (e.g. a fake powercap tree).
+    """
+
+    meter_cls: ClassVar[type[EnergyMeter]]
+
+    def make_meter(self) -> EnergyMeter:
+        return self.meter_cls()
+
+    def test_has_name_and_description(self) -> None:
+        assert self.meter_cls.name and self.meter_cls.description
+
+    def test_probe_returns_availability(self) -> None:
+        a = self.make_meter().probe()
+        assert isinstance(a, Availability)
+        assert a.status in ("ok", "missing", "permission_denied", "error")
+        if not a.ok:
+            assert a.reason, "say why the meter is unavailable"
+
+    def test_reading_is_labelled_and_non_negative(self) -> None:
+        meter = self.make_meter()
+        if not meter.probe().ok:
+            pytest.skip("meter unavailable here")
+        meter.start()
+        sum(i * i for i in range(200_000))
+        r = meter.stop()
+        assert isinstance(r, EnergyReading) and r.seconds >= 0
+        assert r.joules and set(r.joules) == set(r.methods)
+        for dom, j in r.joules.items():
+            assert j >= 0 and math.isfinite(j), dom
+            assert r.methods[dom].startswith(("measured:", "estimated:")), r.methods[dom]
+
+
+class DataSelectorContract:
+    """The behaviour every :class:`~fq_plugins.protocols.DataSelector` must show."""
+
+    selector_cls: ClassVar[type[DataSelector]]
+
+    def _labels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randint(0, 5, (300,), generator=gen), torch.randint(0, 2, (300,), generator=gen)
+
+    def test_indices_valid_sorted_and_sized(self) -> None:
+        y, g = self._labels()
+        idx = self.selector_cls().select(y, 0.3, groups=g, seed=1)
+        assert idx.dtype == torch.long and idx.numel() == round(0.3 * 300)
+        assert bool((idx[1:] > idx[:-1]).all()) and int(idx.min()) >= 0 and int(idx.max()) < 300
+
+    def test_deterministic_by_seed(self) -> None:
+        y, g = self._labels()
+        a = self.selector_cls().select(y, 0.5, groups=g, seed=3)
+        b = self.selector_cls().select(y, 0.5, groups=g, seed=3)
+        assert torch.equal(a, b)
+
+    def test_rejects_bad_fraction(self) -> None:
+        y, g = self._labels()
+        for bad in (0.0, 1.5, -0.1):
+            with pytest.raises(ConfigError):
+                self.selector_cls().select(y, bad, groups=g)

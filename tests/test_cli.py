@@ -1,0 +1,133 @@
+"""The command line as a user meets it: exit codes, one-line errors, no heavy imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from .conftest import TINY, run_cli
+
+FAST = ["--set", "data.synthetic.n=600", "--set", "data.synthetic.n_classes=4", "--set", "model.kwargs.width=4",
+        "--epochs", "1", "--finetune-epochs", "1", "--set", "compare={}"]
+
+
+def test_help_lists_every_command_and_option():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for cmd in ("run", "plugins", "list", "validate", "show-default"):
+        assert cmd in out.stdout
+    out = run_cli("run", "--help")
+    for opt in ("--output", "--seed", "--epochs", "--finetune-epochs", "--set", "--quiet", "--json"):
+        assert opt in out.stdout
+
+
+def test_run_default_recipe_with_overrides(tmp_path):
+    out = run_cli("run", *FAST, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "[train] epoch 1/1" in out.stderr  # progress
+    table = out.stderr
+    for col in ("method", "acc", "mean-grp", "worst-grp", "gap", "avg bits", "sparsity", "packed", "time s"):
+        assert col in table
+    assert "fp32" in table and "uniform-4" in table and "estimated:" in table
+    report_line = [ln for ln in out.stdout.splitlines() if ln.startswith("report: ")][0]
+    path = report_line.removeprefix("report: ")
+    assert path.startswith("fq-runs/") and (tmp_path / path).exists()
+
+
+@pytest.mark.slow
+def test_run_with_no_arguments_as_documented(tmp_path):
+    """`fq-plugins run` with no arguments: the README's main command."""
+    out = subprocess.run(["fq-plugins", "run"] if _has_script() else [sys.executable, "-m", "fq_plugins", "run"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(next((tmp_path / "fq-runs").glob("*-default/report.json")).read_text())
+    assert [v["variant"] for v in data["variants"]] == ["fp32", "uniform-4", "uniform-8", "uniform-3", "uniform-2"]
+    fp32 = data["variants"][0]
+    assert fp32["worst_group_accuracy"] < fp32["mean_group_accuracy"] - 0.03  # the minority is harder
+
+
+def _has_script() -> bool:
+    import shutil
+    return shutil.which("fq-plugins") is not None
+
+
+def test_json_output_and_quiet(tmp_path):
+    out = run_cli("run", *FAST, "--json", "-q", "-o", str(tmp_path / "o"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["status"] == "ok" and out.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "recipe,expected",
+    [
+        ({"compress": [{"method": "unifrom"}]}, "unknown compressor 'unifrom'"),
+        ({"compress": [{"method": "uniform", "bitz": 4}]}, "compress[0].bitz: unknown key 'bitz'"),
+        ({"compress": [{"method": "uniform", "bits": 17}]}, "compress[0].bits: Input should be less than or equal to 16 (got 17)"),
+        ({"compress": [{"method": "uniform", "budget": {"avg_bits": 0.5}}]}, "avg_bits 0.5 cannot be met"),
+        ({"fairness": {"metrics": ["worst"]}}, "unknown fairness metric 'worst'"),
+        ({"data": {"source": "npz", "path": "DATA", "group": {"column": "agee", "threshold": 60}}}, "no array 'agee'"),
+    ],
+)
+def test_bad_input_gives_one_message_and_exit_2(tmp_path, recipe, expected):
+    if recipe.get("data", {}).get("path") == "DATA":
+        import numpy as np
+        np.savez(tmp_path / "d.npz", x=np.zeros((20, 8, 8, 3), np.uint8), y=np.arange(20) % 2, age=np.arange(20.0))
+        recipe["data"]["path"] = str(tmp_path / "d.npz")
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({**TINY, **recipe}))
+    out = run_cli("run", str(p), "-o", str(tmp_path / "o"))
+    assert out.returncode == 2, out.stderr
+    assert expected in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("error:") == 1
+
+
+@pytest.mark.parametrize("content,expected", [(None, "does not exist"), ("a: [1, 2\n", "not valid YAML")])
+def test_bad_recipe_file(tmp_path, content, expected):
+    p = tmp_path / "r.yaml"
+    if content is not None:
+        p.write_text(content)
+    out = run_cli("run", str(p))
+    assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+
+
+def test_plugins_and_list_do_not_import_transformers_or_nncf():
+    code = (
+        "import sys, io, contextlib\n"
+        "from fq_plugins.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    assert main(['plugins', '--json']) == 0\n"
+        "    for fam in ('compressors', 'metrics', 'meters', 'selectors'):\n"
+        "        assert main(['list', fam]) == 0\n"
+        "bad = [m for m in ('transformers', 'nncf', 'torchao') if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__('os').environ, "FQ_PLUGINS_AUTOLOAD": "0"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_plugins_json_and_list(tmp_path):
+    out = run_cli("plugins", "--json", env={"FQ_PLUGINS_AUTOLOAD": "0"})
+    data = json.loads(out.stdout)
+    uni = next(p for p in data["plugins"] if p["name"] == "fq_plugins.compressors.uniform")
+    assert uni["distribution"] == "fq-plugins" and uni["registered"] == {"compressors": ["uniform"]}
+    out = run_cli("list", "metrics")
+    assert out.returncode == 0 and "worst_group_accuracy" in out.stdout
+    out = run_cli("list", "nope")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_validate_and_show_default(tmp_path):
+    out = run_cli("show-default")
+    assert out.returncode == 0 and yaml.safe_load(out.stdout)["name"] == "default"
+    p = tmp_path / "r.yaml"
+    p.write_text(out.stdout)
+    out = run_cli("validate", str(p))
+    assert out.returncode == 0 and json.loads(out.stdout)["compress"][0]["bits"] == 4
