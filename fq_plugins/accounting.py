@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.utils import parametrize
@@ -102,8 +102,8 @@ def count_macs(model: torch.nn.Module, example_input: torch.Tensor) -> dict[str,
             if isinstance(mod, torch.nn.Linear):
                 k = mod.in_features
             else:
-                w = mod.weight
-                k = (w.shape[1]) * math.prod(w.shape[2:])  # in_ch/groups × kernel
+                w = cast(torch.Tensor, mod.weight)
+                k = int(w.shape[1]) * math.prod(w.shape[2:])  # in_ch/groups × kernel
             macs[name] = macs.get(name, 0) + per_out * k
 
         return fn
@@ -125,7 +125,9 @@ def count_macs(model: torch.nn.Module, example_input: torch.Tensor) -> dict[str,
 
 def _direct_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The module's own parameters and buffers, not its children's nor parametrization internals."""
-    out = [(n, p) for n, p in module._parameters.items() if p is not None]
+    out: list[tuple[str, torch.Tensor]] = [
+        (n, p) for n, p in module._parameters.items() if p is not None
+    ]
     out += [(n, b) for n, b in module._buffers.items() if b is not None]
     return out
 
@@ -176,7 +178,7 @@ def model_cost(
             fp32_bytes += t.numel() * (4 if t.is_floating_point() else t.element_size())
         if parametrize.is_parametrized(mod):
             # parametrized tensors other than weight (rare) are stored as originals
-            for pname in mod.parametrizations:  # type: ignore[union-attr]
+            for pname in cast(Any, mod).parametrizations:
                 if pname != "weight" or not is_weight_layer:
                     t = getattr(mod, pname)
                     packed_extra_bytes += t.numel() * t.element_size()
@@ -184,7 +186,7 @@ def model_cost(
         if not is_weight_layer:
             continue
         with torch.no_grad():
-            w = mod.weight.detach()
+            w = cast(torch.Tensor, mod.weight).detach()
         c = int(w.shape[0])
         n = int(w.numel())
         per_ch = n // c

@@ -59,13 +59,20 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="override recipe seed")
     r.add_argument("--epochs", type=int, help="override train.epochs")
     r.add_argument("--finetune-epochs", type=int, help="override finetune.epochs")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe key by dotted path, value in YAML (repeatable), "
-                        "e.g. --set data.synthetic.n=2000")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key by dotted path, value in YAML (repeatable), "
+        "e.g. --set data.synthetic.n=2000",
+    )
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines; table only")
     r.add_argument("--json", action="store_true", help="print the report JSON instead of the table")
 
-    pl = sub.add_parser("plugins", help="list loaded plugins with distribution, version, hooks, names")
+    pl = sub.add_parser(
+        "plugins", help="list loaded plugins with distribution, version, hooks, names"
+    )
     pl.add_argument("--json", action="store_true", help="machine-readable output")
 
     ls = sub.add_parser("list", help="list registered names of a family with descriptions")
@@ -85,8 +92,15 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     infos = pm.plugin_infos()
     if args.json:
-        print(json.dumps({"plugins": [i.to_dict() for i in infos],
-                          "errors": [str(e) for e in pm.load_errors]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "plugins": [i.to_dict() for i in infos],
+                    "errors": [str(e) for e in pm.load_errors],
+                },
+                indent=2,
+            )
+        )
     else:
         for i in infos:
             kind = "built-in" if i.builtin else "third-party"
@@ -105,8 +119,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     reg = pm.registries[args.family]
     if args.json:
-        print(json.dumps([{"name": e.name, "description": e.description, "plugin": e.plugin} for e in reg],
-                         indent=2))
+        print(
+            json.dumps(
+                [{"name": e.name, "description": e.description, "plugin": e.plugin} for e in reg],
+                indent=2,
+            )
+        )
     else:
         width = max((len(e.name) for e in reg), default=0)
         for e in reg:
@@ -154,8 +172,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 class _RunFailed(FQError):
     def __init__(self, exc: FQError, recipe: Any) -> None:
-        super().__init__(f"{exc}\n(partial report, if any, is in the run's output folder under "
-                         f"{recipe.output.dir!r})")
+        super().__init__(
+            f"{exc}\n(partial report, if any, is in the run's output folder under "
+            f"{recipe.output.dir!r})"
+        )
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -179,8 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": _cmd_run, "plugins": _cmd_plugins, "list": _cmd_list,
-                "validate": _cmd_validate, "show-default": _cmd_show_default}
+    handlers = {
+        "run": _cmd_run,
+        "plugins": _cmd_plugins,
+        "list": _cmd_list,
+        "validate": _cmd_validate,
+        "show-default": _cmd_show_default,
+    }
     try:
         return handlers[args.command](args)
     except FQError as exc:

@@ -150,4 +150,3 @@ def fq_on_run_end(report: RunReport, output_dir: str) -> None:
     :param report: the whole run: every variant's ``EvaluationReport`` and the run metadata.
     :param output_dir: the folder holding ``report.json`` and the resolved recipe.
     """
-

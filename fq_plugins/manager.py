@@ -110,7 +110,9 @@ class FQPluginManager:
                     dist = self._dists.get(impl.plugin_name, ("?", "?"))[0]
                     self.load_errors.append(
                         PluginLoadError(
-                            dist, impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}"
+                            dist,
+                            impl.plugin_name,
+                            f"{hook_name} raised {type(exc).__name__}: {exc}",
                         )
                     )
         return regs

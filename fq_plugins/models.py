@@ -22,7 +22,11 @@ class SmallCNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         self.features = nn.Sequential(
             *block(in_channels, width, 1),
@@ -43,7 +47,11 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, n_classes: int, hidden: int = 128) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
         )
         self.head = nn.Linear(hidden, n_classes)
 
@@ -55,7 +63,13 @@ BUILTIN_MODELS = ("small_cnn", "mlp")
 
 
 def build_model(
-    name: str, *, in_channels: int, image_size: int, n_classes: int, key: str = "model.name", **kwargs: Any
+    name: str,
+    *,
+    in_channels: int,
+    image_size: int,
+    n_classes: int,
+    key: str = "model.name",
+    **kwargs: Any,
 ) -> nn.Module:
     """Build ``small_cnn``, ``mlp`` or ``timm:<architecture>`` (``pretrained=False``)."""
     if name == "small_cnn":
@@ -70,7 +84,9 @@ def build_model(
         arch = name.split(":", 1)[1]
         if arch not in timm.list_models():
             raise ConfigError(f"timm has no architecture {arch!r}; see timm.list_models()", key=key)
-        return timm.create_model(arch, pretrained=False, num_classes=n_classes, in_chans=in_channels, **kwargs)
+        return timm.create_model(
+            arch, pretrained=False, num_classes=n_classes, in_chans=in_channels, **kwargs
+        )
     raise ConfigError(
         f"unknown model {name!r}; allowed: {', '.join(BUILTIN_MODELS)} or 'timm:<architecture>' "
         f"(e.g. timm:resnet18, needs pip install 'fq-plugins[timm]')",

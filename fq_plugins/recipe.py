@@ -83,7 +83,9 @@ class DataSpec(_Strict):
             if not self.path:
                 raise ValueError("source 'npz' needs `path: FILE.npz`")
             if self.group is None:
-                raise ValueError("source 'npz' needs `group: {column: NAME, ...}` (e.g. {column: age, threshold: 60})")
+                raise ValueError(
+                    "source 'npz' needs `group: {column: NAME, ...}` (e.g. {column: age, threshold: 60})"
+                )
         return self
 
 
@@ -102,7 +104,9 @@ class TrainSpec(_Strict):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float | None = Field(None, gt=0)
-    threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores.")
+    threads: int | None = Field(
+        None, ge=1, description="torch.set_num_threads; default: all cores."
+    )
 
 
 class FinetuneSpec(_Strict):
@@ -208,7 +212,11 @@ def _pipeline_name(methods: list[MethodConfig]) -> str:
     parts = []
     for m in methods:
         bits = getattr(m, "bits", None)
-        parts.append(f"{m.method}-{bits}" if isinstance(bits, int) and getattr(m, "budget", None) is None else m.method)
+        parts.append(
+            f"{m.method}-{bits}"
+            if isinstance(bits, int) and getattr(m, "budget", None) is None
+            else m.method
+        )
     return "+".join(parts)
 
 
@@ -228,7 +236,8 @@ def validate_method_config(item: Any, pm: FQPluginManager, *, key: str) -> Metho
         item = item.model_dump()
     if not isinstance(item, dict):
         raise ConfigError(
-            f"each method must be a mapping like {{method: uniform, bits: 4}}; got {item!r}", key=key
+            f"each method must be a mapping like {{method: uniform, bits: 4}}; got {item!r}",
+            key=key,
         )
     if "method" not in item:
         raise ConfigError(
@@ -260,7 +269,10 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+        if (
+            not (isinstance(cur, type) and issubclass(cur, BaseModel))
+            or part not in cur.model_fields
+        ):
             return None
         ann = cur.model_fields[part].annotation
         cur = _unwrap_model(ann)
@@ -319,7 +331,9 @@ def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "
 
 def default_recipe_text() -> str:
     """The embedded default recipe that ``fq-plugins run`` uses with no arguments."""
-    return resources.files("fq_plugins").joinpath("recipes/default.yaml").read_text(encoding="utf-8")
+    return (
+        resources.files("fq_plugins").joinpath("recipes/default.yaml").read_text(encoding="utf-8")
+    )
 
 
 def _read_file(path: Path) -> Any:

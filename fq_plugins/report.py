@@ -117,7 +117,18 @@ def _fmt_bytes(n: float) -> str:
 
 def format_table(variants: list[EvaluationReport]) -> str:
     """A fixed-width comparison table of the variants."""
-    header = ["method", "acc", "mean-grp", "worst-grp", "gap", "avg bits", "sparsity", "packed", "time s", "energy J"]
+    header = [
+        "method",
+        "acc",
+        "mean-grp",
+        "worst-grp",
+        "gap",
+        "avg bits",
+        "sparsity",
+        "packed",
+        "time s",
+        "energy J",
+    ]
     rows = []
     for v in variants:
         rows.append(
@@ -135,11 +146,20 @@ def format_table(variants: list[EvaluationReport]) -> str:
             ]
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
     methods = sorted({v.energy_method for v in variants})
-    out.append(f"energy: {', '.join(methods)} (estimated:* figures are estimates, not measurements)")
-    out.append("avg bits: parameter-weighted over Conv/Linear weights (unquantized = 32); "
-               "packed: b-bit codes + fp32 per-channel scales + other tensors")
+    out.append(
+        f"energy: {', '.join(methods)} (estimated:* figures are estimates, not measurements)"
+    )
+    out.append(
+        "avg bits: parameter-weighted over Conv/Linear weights (unquantized = 32); "
+        "packed: b-bit codes + fp32 per-channel scales + other tensors"
+    )
     return "\n".join(out)

@@ -52,9 +52,14 @@ def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDatase
     if spec.source == "synthetic":
         s = spec.synthetic
         ds = make_synthetic(
-            s.n, n_classes=s.n_classes, image_size=s.image_size, minority_fraction=s.minority_fraction,
-            majority_amplitude=s.majority_amplitude, minority_amplitude=s.minority_amplitude,
-            minority_noise=s.minority_noise, seed=seed,
+            s.n,
+            n_classes=s.n_classes,
+            image_size=s.image_size,
+            minority_fraction=s.minority_fraction,
+            majority_amplitude=s.majority_amplitude,
+            minority_amplitude=s.minority_amplitude,
+            minority_noise=s.minority_noise,
+            seed=seed,
         )
     else:
         assert spec.path is not None and spec.group is not None  # the recipe validator checked
@@ -74,7 +79,9 @@ def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDatase
 # --- energy --------------------------------------------------------------------------
 
 
-def resolve_meters(names: Sequence[str], pm: FQPluginManager, log: Log = _stderr_log) -> list[EnergyMeter]:
+def resolve_meters(
+    names: Sequence[str], pm: FQPluginManager, log: Log = _stderr_log
+) -> list[EnergyMeter]:
     """Instantiate meters; ``auto`` = first *measured* meter whose probe is ok, else ``cpu_time``."""
     meters: list[EnergyMeter] = []
     for i, name in enumerate(names):
@@ -95,14 +102,18 @@ def resolve_meters(names: Sequence[str], pm: FQPluginManager, log: Log = _stderr
                 log(f"energy: meter {entry.name!r} unavailable ({avail.status}: {avail.reason})")
             if chosen is None:
                 chosen = pm.meters.get("cpu_time", key=f"energy.meters[{i}]")()
-                log("energy: no measured meter available here; using the labelled CPU-time estimate")
+                log(
+                    "energy: no measured meter available here; using the labelled CPU-time estimate"
+                )
             meters.append(chosen)
         else:
             meter = pm.meters.get(name, key=f"energy.meters[{i}]")()
             avail = meter.probe()
             if not avail.ok:
-                raise ConfigError(f"meter {name!r} cannot run here ({avail.status}): {avail.reason}",
-                                  key=f"energy.meters[{i}]")
+                raise ConfigError(
+                    f"meter {name!r} cannot run here ({avail.status}): {avail.reason}",
+                    key=f"energy.meters[{i}]",
+                )
             meters.append(meter)
     return meters
 
@@ -110,7 +121,9 @@ def resolve_meters(names: Sequence[str], pm: FQPluginManager, log: Log = _stderr
 class EnergyTracker:
     """Wraps a phase with every meter; a meter failing mid-run marks its figure missing."""
 
-    def __init__(self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log = _stderr_log) -> None:
+    def __init__(
+        self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log = _stderr_log
+    ) -> None:
         self.meters, self.pm, self.log = meters, pm, log
 
     def measure(self, phase: str, fn: Callable[[], Any]) -> tuple[Any, dict[str, EnergyReading]]:
@@ -120,7 +133,9 @@ class EnergyTracker:
                 m.start()
                 started.append(m)
             except Exception as exc:
-                self.log(f"energy: meter {m.name!r} failed to start for {phase}: {exc}; figure marked missing")
+                self.log(
+                    f"energy: meter {m.name!r} failed to start for {phase}: {exc}; figure marked missing"
+                )
         t0 = time.perf_counter()
         result = fn()
         readings: dict[str, EnergyReading] = {}
@@ -129,8 +144,12 @@ class EnergyTracker:
                 try:
                     reading = m.stop()
                 except Exception as exc:
-                    self.log(f"energy: meter {m.name!r} failed during {phase}: {exc}; figure marked missing")
-                    reading = EnergyReading(m.name, time.perf_counter() - t0, missing=f"{type(exc).__name__}: {exc}")
+                    self.log(
+                        f"energy: meter {m.name!r} failed during {phase}: {exc}; figure marked missing"
+                    )
+                    reading = EnergyReading(
+                        m.name, time.perf_counter() - t0, missing=f"{type(exc).__name__}: {exc}"
+                    )
             else:
                 reading = EnergyReading(m.name, time.perf_counter() - t0, missing="failed to start")
             readings[f"{phase}:{m.name}"] = reading
@@ -175,7 +194,9 @@ def train_model(
         tot_loss = 0.0
         correct = 0
         seen = 0
-        for b, (x, y, g) in enumerate(iterate_batches(data, batch_size, shuffle=True, generator=gen)):
+        for b, (x, y, g) in enumerate(
+            iterate_batches(data, batch_size, shuffle=True, generator=gen)
+        ):
             logits = model(x)
             losses = F.cross_entropy(logits, y, reduction="none")
             task = losses.mean()
@@ -205,14 +226,20 @@ def train_model(
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += y.numel()
             if tty:
-                print(f"\r[{phase}] epoch {epoch + 1}/{epochs}  batch {b + 1}/{n_batches}",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r[{phase}] epoch {epoch + 1}/{epochs}  batch {b + 1}/{n_batches}",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if session is not None:
             session.on_epoch_end(epoch)
         if tty:
             print("\r", end="", file=sys.stderr)
-        log(f"[{phase}] epoch {epoch + 1}/{epochs}  loss {tot_loss / max(seen, 1):.4f}  "
-            f"train acc {correct / max(seen, 1):.4f}  {time.perf_counter() - t0:.1f}s")
+        log(
+            f"[{phase}] epoch {epoch + 1}/{epochs}  loss {tot_loss / max(seen, 1):.4f}  "
+            f"train acc {correct / max(seen, 1):.4f}  {time.perf_counter() - t0:.1f}s"
+        )
 
 
 @torch.no_grad()
@@ -221,8 +248,9 @@ def evaluate(
 ) -> tuple[GroupConfusion, torch.Tensor]:
     """Group confusion table and the logits of ``model`` on ``data`` (eval mode)."""
     model.eval()
-    table = GroupConfusion(data.n_groups, data.n_classes, group_names=data.group_names,
-                           class_names=data.class_names)
+    table = GroupConfusion(
+        data.n_groups, data.n_classes, group_names=data.group_names, class_names=data.class_names
+    )
     outs = []
     for x, y, g in iterate_batches(data, batch_size, shuffle=False):
         logits = model(x)
@@ -231,13 +259,21 @@ def evaluate(
     return table, torch.cat(outs) if outs else torch.zeros(0)
 
 
-def _metrics(table: GroupConfusion, names: Sequence[str], pm: FQPluginManager) -> dict[str, MetricResult]:
+def _metrics(
+    table: GroupConfusion, names: Sequence[str], pm: FQPluginManager
+) -> dict[str, MetricResult]:
     return {name: pm.metrics.get(name)().compute(table) for name in names}
 
 
 def _eval_report(
-    variant: str, methods: list[str], table: GroupConfusion, metric_names: Sequence[str],
-    pm: FQPluginManager, cost: Any, energy: dict[str, EnergyReading], wall: float,
+    variant: str,
+    methods: list[str],
+    table: GroupConfusion,
+    metric_names: Sequence[str],
+    pm: FQPluginManager,
+    cost: Any,
+    energy: dict[str, EnergyReading],
+    wall: float,
     diff: float | None = None,
 ) -> EvaluationReport:
     acc = table.group_accuracy()
@@ -317,38 +353,75 @@ def run(
     with open(os.path.join(out, "recipe.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(recipe.model_dump(mode="json"), f, sort_keys=False)
     dataset_info = {
-        "name": train.name, "n_train": len(train), "n_test": len(test),
-        "classes": train.class_names, "groups": train.group_names,
-        "train_counts": train.counts(), "test_counts": test.counts(), "dropped_rows": train.dropped,
+        "name": train.name,
+        "n_train": len(train),
+        "n_test": len(test),
+        "classes": train.class_names,
+        "groups": train.group_names,
+        "train_counts": train.counts(),
+        "test_counts": test.counts(),
+        "dropped_rows": train.dropped,
         "input_shape": list(train.x.shape[1:]),
     }
-    report = RunReport(name=recipe.name, recipe=recipe.model_dump(mode="json"), dataset=dataset_info,
-                       environment=_environment())
-    log(f"fq-plugins run {recipe.name!r}: {train.name}, {len(train)} train / {len(test)} test, "
+    report = RunReport(
+        name=recipe.name,
+        recipe=recipe.model_dump(mode="json"),
+        dataset=dataset_info,
+        environment=_environment(),
+    )
+    log(
+        f"fq-plugins run {recipe.name!r}: {train.name}, {len(train)} train / {len(test)} test, "
         f"{train.n_classes} classes, groups {train.group_names} "
-        f"(test sizes {test.counts()['per_group']}); output {out}")
+        f"(test sizes {test.counts()['per_group']}); output {out}"
+    )
     tracker = EnergyTracker(meters, pm, log)
     example = test.x[:1]
     try:
-        model = build_model(recipe.model.name, in_channels=train.x.shape[1], image_size=train.x.shape[-1],
-                            n_classes=train.n_classes, **recipe.model.kwargs)
+        model = build_model(
+            recipe.model.name,
+            in_channels=train.x.shape[1],
+            image_size=train.x.shape[-1],
+            n_classes=train.n_classes,
+            **recipe.model.kwargs,
+        )
         t0 = time.perf_counter()
-        _, e_train = tracker.measure("train", lambda: train_model(
-            model, train, epochs=recipe.train.epochs, batch_size=recipe.train.batch_size,
-            lr=recipe.train.lr, weight_decay=recipe.train.weight_decay, grad_clip=recipe.train.grad_clip,
-            seed=recipe.seed, pm=pm, phase="train", log=log))
+        _, e_train = tracker.measure(
+            "train",
+            lambda: train_model(
+                model,
+                train,
+                epochs=recipe.train.epochs,
+                batch_size=recipe.train.batch_size,
+                lr=recipe.train.lr,
+                weight_decay=recipe.train.weight_decay,
+                grad_clip=recipe.train.grad_clip,
+                seed=recipe.seed,
+                pm=pm,
+                phase="train",
+                log=log,
+            ),
+        )
         (table, _), e_eval = tracker.measure("eval:fp32", lambda: evaluate(model, test))
         from .accounting import model_cost
 
-        fp32 = _eval_report("fp32", [], table, recipe.fairness.metrics, pm,
-                            model_cost(model, {}, example_input=example), {**e_train, **e_eval},
-                            time.perf_counter() - t0)
+        fp32 = _eval_report(
+            "fp32",
+            [],
+            table,
+            recipe.fairness.metrics,
+            pm,
+            model_cost(model, {}, example_input=example),
+            {**e_train, **e_eval},
+            time.perf_counter() - t0,
+        )
         report.variants.append(fp32)
         pm.on_evaluation(fp32)
         report.write(out)
         log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
         for vname, methods in variants.items():
-            report.variants.append(_run_variant(vname, methods, model, train, test, recipe, pm, tracker, log))
+            report.variants.append(
+                _run_variant(vname, methods, model, train, test, recipe, pm, tracker, log)
+            )
             pm.on_evaluation(report.variants[-1])
             report.write(out)
         report.status = "ok"
@@ -366,25 +439,51 @@ def run(
 
 
 def _run_variant(
-    vname: str, methods: list[MethodConfig], fp32_model: nn.Module, train: GroupDataset,
-    test: GroupDataset, recipe: Recipe, pm: FQPluginManager, tracker: EnergyTracker, log: Log,
+    vname: str,
+    methods: list[MethodConfig],
+    fp32_model: nn.Module,
+    train: GroupDataset,
+    test: GroupDataset,
+    recipe: Recipe,
+    pm: FQPluginManager,
+    tracker: EnergyTracker,
+    log: Log,
 ) -> EvaluationReport:
     t0 = time.perf_counter()
     model = copy.deepcopy(fp32_model)
     key = "compress" if vname not in recipe.compare else f"compare.{vname}"
     session = CompressionSession.from_configs(methods, plugin_manager=pm, key=key)
     ctx = AttachContext(
-        calib_batches=lambda: iterate_batches(train, recipe.train.batch_size, shuffle=True,
-                                              generator=torch.Generator().manual_seed(recipe.seed)),
-        group_key=recipe.fairness.group_key, n_groups=train.n_groups,
+        calib_batches=lambda: iterate_batches(
+            train,
+            recipe.train.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(recipe.seed),
+        ),
+        group_key=recipe.fairness.group_key,
+        n_groups=train.n_groups,
     )
     session.attach(model, ctx)
     ft = recipe.finetune
     phase = f"finetune:{vname}"
-    _, e_ft = tracker.measure(phase, lambda: train_model(
-        model, train, epochs=ft.epochs, batch_size=recipe.train.batch_size, lr=ft.lr,
-        weight_decay=ft.weight_decay, grad_clip=ft.grad_clip, seed=recipe.seed + 1, session=session,
-        regularizer=recipe.fairness.regularizer, pm=pm, phase=phase, log=log))
+    _, e_ft = tracker.measure(
+        phase,
+        lambda: train_model(
+            model,
+            train,
+            epochs=ft.epochs,
+            batch_size=recipe.train.batch_size,
+            lr=ft.lr,
+            weight_decay=ft.weight_decay,
+            grad_clip=ft.grad_clip,
+            seed=recipe.seed + 1,
+            session=session,
+            regularizer=recipe.fairness.regularizer,
+            pm=pm,
+            phase=phase,
+            log=log,
+        ),
+    )
     _, fake_logits = evaluate(model, test)
 
     def finalize_and_eval() -> tuple[nn.Module, GroupConfusion, torch.Tensor]:
@@ -397,9 +496,19 @@ def _run_variant(
     if diff > 1e-4:
         log(f"warning: [{vname}] finalized model differs from the fake-quantized one by {diff:.3g}")
     cost = session.cost(final, test.x[:1])
-    rep = _eval_report(vname, [m.method for m in methods], table, recipe.fairness.metrics, pm, cost,
-                       {**e_ft, **e_eval}, time.perf_counter() - t0, diff)
-    log(f"[{vname}] acc {rep.accuracy:.4f}  worst-group {rep.worst_group_accuracy:.4f}  "
-        f"avg bits {cost.avg_bits_param:.2f}")
+    rep = _eval_report(
+        vname,
+        [m.method for m in methods],
+        table,
+        recipe.fairness.metrics,
+        pm,
+        cost,
+        {**e_ft, **e_eval},
+        time.perf_counter() - t0,
+        diff,
+    )
+    log(
+        f"[{vname}] acc {rep.accuracy:.4f}  worst-group {rep.worst_group_accuracy:.4f}  "
+        f"avg bits {cost.avg_bits_param:.2f}"
+    )
     return rep
-

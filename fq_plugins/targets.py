@@ -24,6 +24,10 @@ MODULE_TYPES: dict[str, tuple[type[torch.nn.Module], ...]] = {
 """Recipe type names → module classes (subclasses match too)."""
 
 
+def _default_types() -> list[ModuleType]:
+    return ["conv", "linear"]
+
+
 class TargetSpec(BaseModel):
     """Selects modules by type and by name.
 
@@ -33,7 +37,7 @@ class TargetSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    types: list[ModuleType] = Field(default_factory=lambda: ["conv", "linear"])
+    types: list[ModuleType] = Field(default_factory=_default_types)
     include: list[str] = Field(default_factory=lambda: ["*"])
     ignore: list[str] = Field(default_factory=list)
 

@@ -80,14 +80,19 @@ class CompressorContract:
     def attach_context(self) -> AttachContext:
         gen = torch.Generator().manual_seed(2)
         batches = [
-            (torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen),
-             torch.arange(8) % 2)
+            (
+                torch.randn(8, 3, 8, 8, generator=gen),
+                torch.randint(0, 4, (8,), generator=gen),
+                torch.arange(8) % 2,
+            )
             for _ in range(2)
         ]
         return AttachContext(calib_batches=lambda: iter(batches), n_groups=2)
 
     def make_compressor(self) -> Compressor:
-        cfg = self.compressor_cls.Config.model_validate({"method": self.compressor_cls.name, **self.config})
+        cfg = self.compressor_cls.Config.model_validate(
+            {"method": self.compressor_cls.name, **self.config}
+        )
         return self.compressor_cls(cfg)
 
     def attached(self) -> tuple[nn.Module, Compressor]:
@@ -159,8 +164,9 @@ class CompressorContract:
         with torch.no_grad():
             expected = model(x)
         final = comp.finalize(model)
-        assert not any(parametrize.is_parametrized(m) for m in final.modules()), \
+        assert not any(parametrize.is_parametrized(m) for m in final.modules()), (
             "finalize must remove parametrizations"
+        )
         final.eval()
         with torch.no_grad():
             torch.testing.assert_close(final(x), expected, rtol=0, atol=self.atol)
@@ -204,7 +210,9 @@ class FairnessMetricContract:
         t = _random_table()
         t2 = GroupConfusion(t.n_groups, t.n_classes)
         t2.counts = t.counts * 2
-        assert self.metric_cls().compute(t2).value == pytest.approx(self.metric_cls().compute(t).value, abs=1e-12)
+        assert self.metric_cls().compute(t2).value == pytest.approx(
+            self.metric_cls().compute(t).value, abs=1e-12
+        )
 
     def test_group_without_examples_does_not_raise(self) -> None:
         t = _random_table()
@@ -254,7 +262,9 @@ class DataSelectorContract:
 
     def _labels(self) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(0)
-        return torch.randint(0, 5, (300,), generator=gen), torch.randint(0, 2, (300,), generator=gen)
+        return torch.randint(0, 5, (300,), generator=gen), torch.randint(
+            0, 2, (300,), generator=gen
+        )
 
     def test_indices_valid_sorted_and_sized(self) -> None:
         y, g = self._labels()

@@ -13,7 +13,7 @@ from fq_plugins.manager import get_plugin_manager
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_configure(config):  # noqa: ARG001
+def pytest_configure(config):
     # NNCF compiles a C++ extension on first use; a private folder avoids stale locks.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".pytest_cache" / "torch_extensions"))
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -45,5 +45,9 @@ def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "fq_plugins", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -57,7 +57,9 @@ def test_cost_hand_computed(net):
 
 def test_activation_bits_change_bops_only(net):
     a = model_cost(net, {"conv": torch.tensor(4.0)}, example_input=torch.randn(1, 2, 5, 5))
-    b = model_cost(net, {"conv": torch.tensor(4.0)}, example_input=torch.randn(1, 2, 5, 5), act_bits=8)
+    b = model_cost(
+        net, {"conv": torch.tensor(4.0)}, example_input=torch.randn(1, 2, 5, 5), act_bits=8
+    )
     assert b.bops == pytest.approx(a.bops / 4) and a.packed_bytes == b.packed_bytes
 
 

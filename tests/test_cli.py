@@ -11,8 +11,20 @@ import yaml
 
 from .conftest import TINY, run_cli
 
-FAST = ["--set", "data.synthetic.n=600", "--set", "data.synthetic.n_classes=4", "--set", "model.kwargs.width=4",
-        "--epochs", "1", "--finetune-epochs", "1", "--set", "compare={}"]
+FAST = [
+    "--set",
+    "data.synthetic.n=600",
+    "--set",
+    "data.synthetic.n_classes=4",
+    "--set",
+    "model.kwargs.width=4",
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--set",
+    "compare={}",
+]
 
 
 def test_help_lists_every_command_and_option():
@@ -21,7 +33,15 @@ def test_help_lists_every_command_and_option():
     for cmd in ("run", "plugins", "list", "validate", "show-default"):
         assert cmd in out.stdout
     out = run_cli("run", "--help")
-    for opt in ("--output", "--seed", "--epochs", "--finetune-epochs", "--set", "--quiet", "--json"):
+    for opt in (
+        "--output",
+        "--seed",
+        "--epochs",
+        "--finetune-epochs",
+        "--set",
+        "--quiet",
+        "--json",
+    ):
         assert opt in out.stdout
 
 
@@ -30,10 +50,20 @@ def test_run_default_recipe_with_overrides(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "[train] epoch 1/1" in out.stderr  # progress
     table = out.stderr
-    for col in ("method", "acc", "mean-grp", "worst-grp", "gap", "avg bits", "sparsity", "packed", "time s"):
+    for col in (
+        "method",
+        "acc",
+        "mean-grp",
+        "worst-grp",
+        "gap",
+        "avg bits",
+        "sparsity",
+        "packed",
+        "time s",
+    ):
         assert col in table
     assert "fp32" in table and "uniform-4" in table and "estimated:" in table
-    report_line = [ln for ln in out.stdout.splitlines() if ln.startswith("report: ")][0]
+    report_line = next(ln for ln in out.stdout.splitlines() if ln.startswith("report: "))
     path = report_line.removeprefix("report: ")
     assert path.startswith("fq-runs/") and (tmp_path / path).exists()
 
@@ -41,17 +71,31 @@ def test_run_default_recipe_with_overrides(tmp_path):
 @pytest.mark.slow
 def test_run_with_no_arguments_as_documented(tmp_path):
     """`fq-plugins run` with no arguments: the README's main command."""
-    out = subprocess.run(["fq-plugins", "run"] if _has_script() else [sys.executable, "-m", "fq_plugins", "run"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ["fq-plugins", "run"] if _has_script() else [sys.executable, "-m", "fq_plugins", "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(next((tmp_path / "fq-runs").glob("*-default/report.json")).read_text())
-    assert [v["variant"] for v in data["variants"]] == ["fp32", "uniform-4", "uniform-8", "uniform-3", "uniform-2"]
+    assert [v["variant"] for v in data["variants"]] == [
+        "fp32",
+        "uniform-4",
+        "uniform-8",
+        "uniform-3",
+        "uniform-2",
+    ]
     fp32 = data["variants"][0]
-    assert fp32["worst_group_accuracy"] < fp32["mean_group_accuracy"] - 0.03  # the minority is harder
+    assert (
+        fp32["worst_group_accuracy"] < fp32["mean_group_accuracy"] - 0.03
+    )  # the minority is harder
 
 
 def _has_script() -> bool:
     import shutil
+
     return shutil.which("fq-plugins") is not None
 
 
@@ -67,16 +111,37 @@ def test_json_output_and_quiet(tmp_path):
     [
         ({"compress": [{"method": "unifrom"}]}, "unknown compressor 'unifrom'"),
         ({"compress": [{"method": "uniform", "bitz": 4}]}, "compress[0].bitz: unknown key 'bitz'"),
-        ({"compress": [{"method": "uniform", "bits": 17}]}, "compress[0].bits: Input should be less than or equal to 16 (got 17)"),
-        ({"compress": [{"method": "uniform", "budget": {"avg_bits": 0.5}}]}, "avg_bits 0.5 cannot be met"),
+        (
+            {"compress": [{"method": "uniform", "bits": 17}]},
+            "compress[0].bits: Input should be less than or equal to 16 (got 17)",
+        ),
+        (
+            {"compress": [{"method": "uniform", "budget": {"avg_bits": 0.5}}]},
+            "avg_bits 0.5 cannot be met",
+        ),
         ({"fairness": {"metrics": ["worst"]}}, "unknown fairness metric 'worst'"),
-        ({"data": {"source": "npz", "path": "DATA", "group": {"column": "agee", "threshold": 60}}}, "no array 'agee'"),
+        (
+            {
+                "data": {
+                    "source": "npz",
+                    "path": "DATA",
+                    "group": {"column": "agee", "threshold": 60},
+                }
+            },
+            "no array 'agee'",
+        ),
     ],
 )
 def test_bad_input_gives_one_message_and_exit_2(tmp_path, recipe, expected):
     if recipe.get("data", {}).get("path") == "DATA":
         import numpy as np
-        np.savez(tmp_path / "d.npz", x=np.zeros((20, 8, 8, 3), np.uint8), y=np.arange(20) % 2, age=np.arange(20.0))
+
+        np.savez(
+            tmp_path / "d.npz",
+            x=np.zeros((20, 8, 8, 3), np.uint8),
+            y=np.arange(20) % 2,
+            age=np.arange(20.0),
+        )
         recipe["data"]["path"] = str(tmp_path / "d.npz")
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump({**TINY, **recipe}))
@@ -86,7 +151,9 @@ def test_bad_input_gives_one_message_and_exit_2(tmp_path, recipe, expected):
     assert "Traceback" not in out.stderr and out.stderr.count("error:") == 1
 
 
-@pytest.mark.parametrize("content,expected", [(None, "does not exist"), ("a: [1, 2\n", "not valid YAML")])
+@pytest.mark.parametrize(
+    "content,expected", [(None, "does not exist"), ("a: [1, 2\n", "not valid YAML")]
+)
 def test_bad_recipe_file(tmp_path, content, expected):
     p = tmp_path / "r.yaml"
     if content is not None:
@@ -107,8 +174,12 @@ def test_plugins_and_list_do_not_import_transformers_or_nncf():
         "bad = [m for m in ('transformers', 'nncf', 'torchao') if m in sys.modules]\n"
         "print(bad)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__('os').environ, "FQ_PLUGINS_AUTOLOAD": "0"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "FQ_PLUGINS_AUTOLOAD": "0"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -48,8 +48,14 @@ def _write_npz(path, n=40, age_nan=3):
     rng = np.random.default_rng(0)
     age = rng.uniform(20, 90, n).astype(np.float32)
     age[:age_nan] = np.nan
-    np.savez(path, x=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), y=rng.integers(0, 3, n).astype(np.int8),
-             classes=np.array(["a", "b", "c"]), sex=np.array(["female", "male", "unknown", "male"] * (n // 4)), age=age)
+    np.savez(
+        path,
+        x=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+        y=rng.integers(0, 3, n).astype(np.int8),
+        classes=np.array(["a", "b", "c"]),
+        sex=np.array(["female", "male", "unknown", "male"] * (n // 4)),
+        age=age,
+    )
     return age
 
 
@@ -102,7 +108,10 @@ def test_npz_errors(tmp_path):
 @pytest.mark.skipif(data_dir() is None, reason="shared data folder not found (set FQ_DATA_DIR)")
 def test_ham10000_subset_reads_with_age_groups():
     # unknown ages are stored as -1 in this file (its README says NaN): 36 rows
-    ds = load_npz(data_dir() / "ham10000_sub_32.npz", {"column": "age", "threshold": 60, "missing_values": [-1]})
+    ds = load_npz(
+        data_dir() / "ham10000_sub_32.npz",
+        {"column": "age", "threshold": 60, "missing_values": [-1]},
+    )
     counts = ds.counts()
     assert counts["per_group"] == [3941, 2007] and ds.n_classes == 7 and ds.dropped == 36
     assert ds.class_names == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]

@@ -27,7 +27,11 @@ def test_tdp_table_and_default_are_labelled():
     w, label, _ = watts_per_cpu("AMD EPYC 7763 64-Core Processor")
     assert w == pytest.approx(280 / 128) and label == "estimated:cpu-time-tdp"
     w, label, src = watts_per_cpu("Some Unknown CPU")
-    assert w == DEFAULT_WATTS_PER_CPU and label == "estimated:cpu-time-default" and "not in the TDP table" in src
+    assert (
+        w == DEFAULT_WATTS_PER_CPU
+        and label == "estimated:cpu-time-default"
+        and "not in the TDP table" in src
+    )
 
 
 def test_stop_before_start_and_bad_power():

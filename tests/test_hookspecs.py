@@ -14,7 +14,9 @@ from .conftest import ROOT
 HOOKS = list(hookspecs.__all__)
 DOCS = (ROOT / "docs" / "plugin-hooks.md").read_text(encoding="utf-8")
 TEST_SOURCES = "\n".join(
-    p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_hookspecs.py"
+    p.read_text(encoding="utf-8")
+    for p in (ROOT / "tests").glob("test_*.py")
+    if p.name != "test_hookspecs.py"
 )
 
 
@@ -41,8 +43,12 @@ def test_hook_is_typed_and_has_docstring(name):
 
 @pytest.mark.parametrize("name", HOOKS)
 def test_hook_has_docs_section_with_exact_signature(name):
-    assert re.search(rf"^## `?{name}`?\s*$", DOCS, re.M), f"docs/plugin-hooks.md lacks a '## {name}' section"
-    assert _signature(name) in DOCS, f"docs/plugin-hooks.md must show the exact signature {_signature(name)}"
+    assert re.search(rf"^## `?{name}`?\s*$", DOCS, re.M), (
+        f"docs/plugin-hooks.md lacks a '## {name}' section"
+    )
+    assert _signature(name) in DOCS, (
+        f"docs/plugin-hooks.md must show the exact signature {_signature(name)}"
+    )
 
 
 @pytest.mark.parametrize("name", HOOKS)

@@ -17,15 +17,21 @@ from fq_plugins.run import run
 from .conftest import TINY
 
 
-def make_dist(tmp_path: Path, dist: str, ep_name: str, module: str, source: str, version: str = "1.2.3") -> Path:
+def make_dist(
+    tmp_path: Path, dist: str, ep_name: str, module: str, source: str, version: str = "1.2.3"
+) -> Path:
     """A real installed distribution: ``*.dist-info`` with ``entry_points.txt`` + the module."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text(f"[fq_plugins]\n{ep_name} = {module}\n", encoding="utf-8")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[fq_plugins]\n{ep_name} = {module}\n", encoding="utf-8"
+    )
     return site
 
 
@@ -33,6 +39,7 @@ def make_dist(tmp_path: Path, dist: str, ep_name: str, module: str, source: str,
 def on_path(monkeypatch):
     def add(site: Path) -> None:
         monkeypatch.syspath_prepend(str(site))
+
     return add
 
 
@@ -48,7 +55,13 @@ def test_builtins_register_every_family(pm):
 
 
 def test_fq_register_compressors_third_party_entry_point(tmp_path, on_path):
-    on_path(make_dist(tmp_path, "fq-plugins-tp", "tp", "fq_tp_mod", """
+    on_path(
+        make_dist(
+            tmp_path,
+            "fq-plugins-tp",
+            "tp",
+            "fq_tp_mod",
+            """
         from fq_plugins import hookimpl
         from fq_plugins.compressors.uniform import UniformCompressor
         from fq_plugins.protocols import FairnessMetric, EnergyMeter, DataSelector
@@ -81,7 +94,9 @@ def test_fq_register_compressors_third_party_entry_point(tmp_path, on_path):
         @hookimpl
         def fq_register_data_selectors(register):
             register(S)
-    """))
+    """,
+        )
+    )
     pm = get_plugin_manager(disable=())
     assert "tp_uniform" in pm.compressors.names()
     assert pm.compressors.entry("tp_uniform").plugin == "tp"
@@ -93,7 +108,13 @@ def test_fq_register_compressors_third_party_entry_point(tmp_path, on_path):
 
 
 def test_autoload_off_and_disable(tmp_path, on_path, monkeypatch):
-    on_path(make_dist(tmp_path, "fq-plugins-tp2", "tp2", "fq_tp2_mod", """
+    on_path(
+        make_dist(
+            tmp_path,
+            "fq-plugins-tp2",
+            "tp2",
+            "fq_tp2_mod",
+            """
         from fq_plugins import hookimpl
         from fq_plugins.compressors.uniform import UniformCompressor
         class Tp(UniformCompressor):
@@ -101,7 +122,9 @@ def test_autoload_off_and_disable(tmp_path, on_path, monkeypatch):
         @hookimpl
         def fq_register_compressors(register):
             register(Tp)
-    """))
+    """,
+        )
+    )
     assert "tp2" in get_plugin_manager().compressors
     monkeypatch.setenv("FQ_PLUGINS_AUTOLOAD", "0")
     assert "tp2" not in get_plugin_manager().compressors
@@ -112,7 +135,13 @@ def test_autoload_off_and_disable(tmp_path, on_path, monkeypatch):
 
 
 def test_broken_plugin_is_reported_and_others_load(tmp_path, on_path):
-    site = make_dist(tmp_path, "fq-plugins-broken", "broken", "fq_broken_mod", "raise ImportError('needs libfoo')")
+    site = make_dist(
+        tmp_path,
+        "fq-plugins-broken",
+        "broken",
+        "fq_broken_mod",
+        "raise ImportError('needs libfoo')",
+    )
     on_path(site)
     pm = get_plugin_manager()
     assert "uniform" in pm.compressors
@@ -124,31 +153,55 @@ def test_broken_plugin_is_reported_and_others_load(tmp_path, on_path):
 
 
 def test_plugin_with_unknown_hook_is_reported(tmp_path, on_path):
-    on_path(make_dist(tmp_path, "fq-plugins-typo", "typo", "fq_typo_mod", """
+    on_path(
+        make_dist(
+            tmp_path,
+            "fq-plugins-typo",
+            "typo",
+            "fq_typo_mod",
+            """
         from fq_plugins import hookimpl
         @hookimpl
         def fq_register_compresors(register):
             pass
-    """))
+    """,
+        )
+    )
     pm = get_plugin_manager()
     assert [e.distribution for e in pm.load_errors] == ["fq-plugins-typo"]
     assert "fq_register_compresors" in str(pm.load_errors[0])
 
 
 def test_registration_hook_that_raises_is_reported(tmp_path, on_path):
-    on_path(make_dist(tmp_path, "fq-plugins-raises", "raises", "fq_raises_mod", """
+    on_path(
+        make_dist(
+            tmp_path,
+            "fq-plugins-raises",
+            "raises",
+            "fq_raises_mod",
+            """
         from fq_plugins import hookimpl
         @hookimpl
         def fq_register_compressors(register):
             raise RuntimeError("boom")
-    """))
+    """,
+        )
+    )
     pm = get_plugin_manager()
     assert pm.compressors.names() == ["uniform"]
-    assert "boom" in str(pm.load_errors[0]) and pm.load_errors[0].distribution == "fq-plugins-raises"
+    assert (
+        "boom" in str(pm.load_errors[0]) and pm.load_errors[0].distribution == "fq-plugins-raises"
+    )
 
 
 def test_duplicate_name_names_both_plugins(tmp_path, on_path):
-    on_path(make_dist(tmp_path, "fq-plugins-dup", "dup", "fq_dup_mod", """
+    on_path(
+        make_dist(
+            tmp_path,
+            "fq-plugins-dup",
+            "dup",
+            "fq_dup_mod",
+            """
         from fq_plugins import hookimpl
         from fq_plugins.compressors.uniform import UniformCompressor
         class Again(UniformCompressor):
@@ -156,7 +209,9 @@ def test_duplicate_name_names_both_plugins(tmp_path, on_path):
         @hookimpl
         def fq_register_compressors(register):
             register(Again)
-    """))
+    """,
+        )
+    )
     pm = get_plugin_manager()
     with pytest.raises(DuplicateNameError) as ei:
         pm.compressors  # noqa: B018
@@ -173,8 +228,11 @@ def test_unknown_name_lists_valid_ones(pm):
 
 def test_nothing_loaded_at_import_time():
     import subprocess
-    code = ("import sys, fq_plugins; "
-            "assert 'fq_plugins.manager' not in sys.modules; assert 'torch' not in sys.modules; print('ok')")
+
+    code = (
+        "import sys, fq_plugins; "
+        "assert 'fq_plugins.manager' not in sys.modules; assert 'torch' not in sys.modules; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
 
@@ -213,16 +271,24 @@ def test_event_hooks_fire_during_a_run(pm, tmp_path):
     """fq_after_attach, fq_on_step, fq_on_evaluation, fq_on_energy_reading, fq_on_run_end."""
     rec = Recorder()
     pm.pm.register(rec, name="recorder")
-    recipe = load_recipe({**TINY, "fairness": {"regularizer": {"kind": "gap", "weight": 0.5}}}, plugin_manager=pm)
-    report, out = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "out"), log=lambda m: None)
+    recipe = load_recipe(
+        {**TINY, "fairness": {"regularizer": {"kind": "gap", "weight": 0.5}}}, plugin_manager=pm
+    )
+    report, out = run(
+        recipe, plugin_manager=pm, output_dir=str(tmp_path / "out"), log=lambda m: None
+    )
     c = rec.calls
-    assert len(c["fq_after_attach"]) == 1 and c["fq_after_attach"][0][0].methods[0].name == "uniform"
+    assert (
+        len(c["fq_after_attach"]) == 1 and c["fq_after_attach"][0][0].methods[0].name == "uniform"
+    )
     steps = c["fq_on_step"]
     n_batches = -(-report.dataset["n_train"] // 64)
     assert [s[0] for s in steps if s[1] == "train"] == list(range(n_batches))
     ft = [s for s in steps if s[1].startswith("finetune:")]
     assert ft and set(ft[0][2]) == {"task", "fairness", "penalty", "total"}
-    assert ft[0][2]["total"] == pytest.approx(ft[0][2]["task"] + 0.5 * ft[0][2]["fairness"] + ft[0][2]["penalty"], rel=1e-5)
+    assert ft[0][2]["total"] == pytest.approx(
+        ft[0][2]["task"] + 0.5 * ft[0][2]["fairness"] + ft[0][2]["penalty"], rel=1e-5
+    )
     assert [r[0].variant for r in c["fq_on_evaluation"]] == ["fp32", "uniform-4"]
     phases = [p for p, _ in c["fq_on_energy_reading"]]
     assert phases == ["train", "eval:fp32", "finetune:uniform-4", "eval:uniform-4"]

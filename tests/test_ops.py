@@ -28,7 +28,9 @@ def test_per_channel_matches_float64_reference(shape):
     w = torch.randn(*shape, generator=gen, dtype=torch.float64)
     bits = torch.tensor([1, 2, 3, 4, 8, 16][: shape[0]], dtype=torch.float64)
     got = symmetric_fake_quant(w, bits)
-    np.testing.assert_allclose(got.numpy(), reference(w.numpy(), bits.numpy()), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        got.numpy(), reference(w.numpy(), bits.numpy()), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_codes_times_scale_equal_fake_quant_exactly():
@@ -43,7 +45,7 @@ def test_levels_count():
     w = torch.linspace(-1, 1, 1001).reshape(1, -1)
     for b in (2, 3, 4, 5):
         distinct = torch.unique(symmetric_fake_quant(w, torch.tensor([float(b)]))).numel()
-        assert distinct == 2 ** b - 1
+        assert distinct == 2**b - 1
 
 
 def test_ste_gradient_is_identity():

@@ -50,7 +50,9 @@ def test_misspelt_method_key_names_path_and_suggests(pm):
 def test_misspelt_top_level_and_nested_keys(pm):
     with pytest.raises(ConfigError, match=r"traning: unknown key 'traning'.*Did you mean 'train'"):
         load_recipe({"traning": {"epochs": 1}}, plugin_manager=pm)
-    with pytest.raises(ConfigError, match=r"train.epoch: unknown key 'epoch'.*Did you mean 'epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"train.epoch: unknown key 'epoch'.*Did you mean 'epochs'"
+    ):
         load_recipe({"train": {"epoch": 1}}, plugin_manager=pm)
 
 
@@ -108,9 +110,14 @@ def test_multiple_errors_are_all_listed(pm):
 
 
 def test_variant_name_clash(pm):
-    r = load_recipe({"compress": [{"method": "uniform", "bits": 4}],
-                     "compare": {"uniform-4": [{"method": "uniform", "bits": 4}]}}, plugin_manager=pm)
-    with pytest.raises(ConfigError, match="compare.uniform-4"):
+    r = load_recipe(
+        {
+            "compress": [{"method": "uniform", "bits": 4}],
+            "compare": {"uniform-4": [{"method": "uniform", "bits": 4}]},
+        },
+        plugin_manager=pm,
+    )
+    with pytest.raises(ConfigError, match=r"compare\.uniform-4"):
         r.variants()
 
 

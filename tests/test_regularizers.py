@@ -14,13 +14,20 @@ GROUPS = torch.tensor([0, 0, 1, 1, 3])  # means: g0=2, g1=4, g2 absent, g3=5
 
 def test_per_group_means():
     means, present = per_group_losses(LOSSES, GROUPS, 4)
-    assert means[present].tolist() == [2.0, 4.0, 5.0] and present.tolist() == [True, True, False, True]
+    assert means[present].tolist() == [2.0, 4.0, 5.0] and present.tolist() == [
+        True,
+        True,
+        False,
+        True,
+    ]
 
 
 def test_kinds():
     assert fairness_penalty("gap", LOSSES, GROUPS, 4).item() == pytest.approx(3.0)
     assert fairness_penalty("worst", LOSSES, GROUPS, 4).item() == pytest.approx(5.0)
-    assert fairness_penalty("variance", LOSSES, GROUPS, 4).item() == pytest.approx(torch.tensor([2.0, 4, 5]).var(unbiased=False).item())
+    assert fairness_penalty("variance", LOSSES, GROUPS, 4).item() == pytest.approx(
+        torch.tensor([2.0, 4, 5]).var(unbiased=False).item()
+    )
     assert fairness_penalty("none", LOSSES, GROUPS, 4).item() == 0.0
 
 

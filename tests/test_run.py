@@ -15,12 +15,22 @@ from .conftest import TINY, data_dir
 
 
 def test_tiny_run_report(pm, tmp_path):
-    recipe = load_recipe({**TINY, "compare": {"u8": [{"method": "uniform", "bits": 8}]}}, plugin_manager=pm)
-    report, out = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=lambda m: None)
+    recipe = load_recipe(
+        {**TINY, "compare": {"u8": [{"method": "uniform", "bits": 8}]}}, plugin_manager=pm
+    )
+    report, _ = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=lambda m: None)
     data = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert data["status"] == "ok" and [v["variant"] for v in data["variants"]] == ["fp32", "uniform-4", "u8"]
+    assert data["status"] == "ok" and [v["variant"] for v in data["variants"]] == [
+        "fp32",
+        "uniform-4",
+        "u8",
+    ]
     fp32, u4, u8 = report.variants
-    assert fp32.cost.avg_bits_param == 32 and u4.cost.avg_bits_param == 4 and u8.cost.avg_bits_param == 8
+    assert (
+        fp32.cost.avg_bits_param == 32
+        and u4.cost.avg_bits_param == 4
+        and u8.cost.avg_bits_param == 8
+    )
     assert u4.cost.packed_bytes < u8.cost.packed_bytes < fp32.cost.packed_bytes
     assert u4.finalize_max_abs_diff == 0.0
     for v in report.variants:
@@ -33,8 +43,10 @@ def test_tiny_run_report(pm, tmp_path):
 
 
 def test_failure_keeps_partial_report(pm, tmp_path):
-    recipe = load_recipe({**TINY, "compare": {"bad": [{"method": "uniform", "targets": {"include": ["zzz"]}}]}},
-                         plugin_manager=pm)
+    recipe = load_recipe(
+        {**TINY, "compare": {"bad": [{"method": "uniform", "targets": {"include": ["zzz"]}}]}},
+        plugin_manager=pm,
+    )
     with pytest.raises(ConfigError, match=r"compare.bad\[0\].targets"):
         run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=lambda m: None)
     data = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -45,11 +57,22 @@ def test_failure_keeps_partial_report(pm, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(data_dir() is None, reason="shared data folder not found (set FQ_DATA_DIR)")
 def test_npz_run_on_ham10000_subset(pm, tmp_path):
-    recipe = load_recipe({
-        **TINY,
-        "data": {"source": "npz", "path": str(data_dir() / "ham10000_sub_32.npz"),
-                 "group": {"column": "age", "threshold": 60}, "max_examples": 1200},
-    }, plugin_manager=pm)
+    recipe = load_recipe(
+        {
+            **TINY,
+            "data": {
+                "source": "npz",
+                "path": str(data_dir() / "ham10000_sub_32.npz"),
+                "group": {"column": "age", "threshold": 60},
+                "max_examples": 1200,
+            },
+        },
+        plugin_manager=pm,
+    )
     report, _ = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=lambda m: None)
-    assert report.dataset["groups"] == ["age<60", "age>=60"] and report.dataset["input_shape"] == [3, 32, 32]
+    assert report.dataset["groups"] == ["age<60", "age>=60"] and report.dataset["input_shape"] == [
+        3,
+        32,
+        32,
+    ]
     assert len(report.variants) == 2

@@ -71,7 +71,9 @@ def test_select_targets_types_include_ignore():
 def test_cost_and_finalize_keep_outputs_and_bits():
     torch.manual_seed(0)
     model = SmallCNN(3, 4)
-    s = CompressionSession.from_configs([{"method": "uniform", "bits": 4, "targets": {"ignore": ["head"]}}])
+    s = CompressionSession.from_configs(
+        [{"method": "uniform", "bits": 4, "targets": {"ignore": ["head"]}}]
+    )
     s.attach(model)
     model.eval()
     x = torch.randn(3, 3, 16, 16)

@@ -17,9 +17,21 @@ EXAMPLE = ROOT / "examples" / "fq-plugins-example"
 def installed(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert list(target.glob("fq_plugins_example-*.dist-info"))
@@ -31,15 +43,33 @@ def test_plugins_lists_the_installed_package(installed):
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     ex = next(p for p in data["plugins"] if p["name"] == "example")
-    assert ex["distribution"] == "fq-plugins-example" and ex["version"] == "0.2.0" and not ex["builtin"]
-    assert ex["registered"] == {"compressors": ["magnitude_prune"], "metrics": ["worst_class_recall"]}
+    assert (
+        ex["distribution"] == "fq-plugins-example"
+        and ex["version"] == "0.2.0"
+        and not ex["builtin"]
+    )
+    assert ex["registered"] == {
+        "compressors": ["magnitude_prune"],
+        "metrics": ["worst_class_recall"],
+    }
     out = run_cli("list", "compressors", env=installed)
     assert "magnitude_prune" in out.stdout and "example plugin" in out.stdout
 
 
 def test_recipe_uses_third_party_names(installed, tmp_path):
-    out = run_cli("run", str(EXAMPLE / "recipe.yaml"), "-o", str(tmp_path / "o"), "--json", "-q",
-                  "--set", "data.synthetic.n=600", "--epochs", "1", env=installed)
+    out = run_cli(
+        "run",
+        str(EXAMPLE / "recipe.yaml"),
+        "-o",
+        str(tmp_path / "o"),
+        "--json",
+        "-q",
+        "--set",
+        "data.synthetic.n=600",
+        "--epochs",
+        "1",
+        env=installed,
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     variant = data["variants"][1]
@@ -61,7 +91,10 @@ def test_disabled_by_env(installed):
 def test_example_contract_tests_pass(installed):
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, **installed},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, **installed},
         cwd=str(EXAMPLE),
     )
     assert out.returncode == 0, out.stdout + out.stderr

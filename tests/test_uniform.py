@@ -24,14 +24,20 @@ class TestUniformTensorContract(CompressorContract):
 
 
 def _weights(model):
-    return {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
+    return {
+        n: m.weight.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    }
 
 
 def test_budget_picks_widest_bits_that_fit():
     model = SmallCNN(3, 5)
     w = _weights(model)
     n_all, n_head = sum(w.values()), w["head"]
-    cfg = UniformConfig(method="uniform", budget={"avg_bits": 6.5}, targets=TargetSpec(ignore=["head"]))
+    cfg = UniformConfig(
+        method="uniform", budget={"avg_bits": 6.5}, targets=TargetSpec(ignore=["head"])
+    )
     comp = UniformCompressor(cfg)
     comp.attach(model, select_targets(model, cfg.targets))
 
@@ -52,13 +58,22 @@ def test_infeasible_budget_gives_feasible_range():
     with pytest.raises(ConfigError) as ei:
         session.attach(model)
     msg = str(ei.value)
-    assert msg.startswith("compress[0].budget.avg_bits:") and "cannot be met" in msg and "(1 bit)" in msg
+    assert (
+        msg.startswith("compress[0].budget.avg_bits:")
+        and "cannot be met" in msg
+        and "(1 bit)" in msg
+    )
 
 
 def test_double_attach_same_module_is_an_error():
     model = SmallCNN(3, 5)
-    session = CompressionSession.from_configs([{"method": "uniform"}, {"method": "uniform", "bits": 4}])
-    with pytest.raises(ConfigError, match="already has a weight parametrization"):
+    session = CompressionSession.from_configs(
+        [{"method": "uniform"}, {"method": "uniform", "bits": 4}]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"compress\[1\].targets: module .features.0. is already quantized by uniform",
+    ):
         session.attach(model)
 
 

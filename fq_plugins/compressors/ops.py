@@ -23,11 +23,11 @@ _TINY = 1e-12
 
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
 
@@ -35,11 +35,11 @@ class _ReplaceSTE(torch.autograd.Function):
     """Forward: ``value`` exactly; backward: identity to ``x``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return value.clone()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -107,13 +107,13 @@ class _SymmetricFakeQuantSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, s: torch.Tensor, q_max: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, w: torch.Tensor, s: torch.Tensor, q_max: torch.Tensor) -> torch.Tensor:
         x = w / s
         ctx.save_for_backward(x, q_max)
         return torch.clamp(torch.round(x), -q_max, q_max) * s
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         x, q_max = ctx.saved_tensors
         return grad * (x.abs() <= q_max + 0.5).to(grad.dtype), None, None
 

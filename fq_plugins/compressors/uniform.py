@@ -9,7 +9,7 @@ round-trips it; ``finalize`` bakes the fake-quantized weights in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 
 from .._markers import hookimpl
 from ..errors import ConfigError
+from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
 from ..targets import MODULE_TYPES
 from .ops import symmetric_fake_quant
@@ -27,6 +28,8 @@ __all__ = ["SymmetricWeightQuant", "UniformCompressor", "UniformConfig", "weight
 
 class SymmetricWeightQuant(nn.Module):
     """Parametrization: symmetric absmax fake-quant with per-channel (buffer) bit-widths."""
+
+    bits: torch.Tensor
 
     def __init__(self, bits: torch.Tensor, per_channel: bool = True) -> None:
         super().__init__()
@@ -54,7 +57,7 @@ def _quantizer(mod: nn.Module) -> SymmetricWeightQuant | None:
     """This method's parametrization on ``mod.weight`` (other methods' may be chained)."""
     if not parametrize.is_parametrized(mod, "weight"):
         return None
-    for p in mod.parametrizations.weight:  # type: ignore[union-attr]
+    for p in cast(Any, mod).parametrizations.weight:
         if isinstance(p, SymmetricWeightQuant):
             return p
     return None
@@ -63,7 +66,11 @@ def _quantizer(mod: nn.Module) -> SymmetricWeightQuant | None:
 def weight_params_total(model: nn.Module) -> int:
     """Number of Conv/Linear weight parameters (the accounting's denominator)."""
     types = MODULE_TYPES["conv"] + MODULE_TYPES["linear"]
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, types))
+    return sum(_weight(m).numel() for m in model.modules() if isinstance(m, types))
+
+
+def _weight(mod: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, mod.weight)
 
 
 class UniformCompressor(Compressor):
@@ -78,7 +85,7 @@ class UniformCompressor(Compressor):
         if self.config.budget is None:
             return self.config.bits
         n_all = weight_params_total(model)
-        n_q = sum(m.weight.numel() for _, m in targets)
+        n_q = sum(_weight(m).numel() for _, m in targets)
         n_rest = n_all - n_q
 
         def avg(k: int) -> float:
@@ -111,7 +118,7 @@ class UniformCompressor(Compressor):
                     f"(check overlapping targets in the recipe)",
                     key="targets",
                 )
-            c = mod.weight.shape[0] if per_channel else 1
+            c = int(_weight(mod).shape[0]) if per_channel else 1
             parametrize.register_parametrization(
                 mod, "weight", SymmetricWeightQuant(torch.full((c,), float(k)), per_channel)
             )
@@ -123,9 +130,12 @@ class UniformCompressor(Compressor):
             q = _quantizer(mod)
             if q is None:
                 continue
-            bits = q.bits if q.bits.numel() == mod.weight.shape[0] else q.bits.expand(mod.weight.shape[0])
+            c = int(_weight(mod).shape[0])
+            bits = q.bits if q.bits.numel() == c else q.bits.expand(c)
             layers[name] = LayerStats(bits=bits.detach().clone())
-        return CompressionStats(method=self.name, layers=layers, extra={"bits": getattr(self, "chosen_bits", None)})
+        return CompressionStats(
+            method=self.name, layers=layers, extra={"bits": getattr(self, "chosen_bits", None)}
+        )
 
     def finalize(self, model: nn.Module) -> nn.Module:
         # remove_parametrizations bakes the whole chain on the tensor (e.g. a pruning mask
@@ -137,5 +147,5 @@ class UniformCompressor(Compressor):
 
 
 @hookimpl
-def fq_register_compressors(register):  # type: ignore[no-untyped-def]
+def fq_register_compressors(register: RegisterFn) -> None:
     register(UniformCompressor)

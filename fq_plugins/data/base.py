@@ -49,8 +49,15 @@ class GroupDataset:
         return int(self.x.shape[0])
 
     def subset(self, idx: torch.Tensor) -> GroupDataset:
-        return GroupDataset(self.x[idx], self.y[idx], self.group[idx], self.class_names,
-                            self.group_names, self.name, self.dropped)
+        return GroupDataset(
+            self.x[idx],
+            self.y[idx],
+            self.group[idx],
+            self.class_names,
+            self.group_names,
+            self.name,
+            self.dropped,
+        )
 
     def counts(self) -> dict[str, list[int]]:
         return {
@@ -71,7 +78,7 @@ def stratified_split(
     for c in torch.unique(cell):
         idx = torch.nonzero(cell == c).flatten()
         idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        k = int(round(idx.numel() * test_fraction))
+        k = round(idx.numel() * test_fraction)
         test_idx.append(idx[:k])
         train_idx.append(idx[k:])
     tr = torch.sort(torch.cat(train_idx)).values

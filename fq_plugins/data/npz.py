@@ -40,7 +40,9 @@ class GroupSpec(BaseModel):
     )
 
 
-def _group_ids(col: np.ndarray, spec: GroupSpec, key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _group_ids(
+    col: np.ndarray, spec: GroupSpec, key: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if spec.threshold is not None:
         if not np.issubdtype(col.dtype, np.number):
             raise ConfigError(
@@ -91,7 +93,9 @@ def load_npz(
     spec = group if isinstance(group, GroupSpec) else GroupSpec.model_validate(group)
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise ConfigError(f"file {p!r} does not exist; give the path of an .npz file", key=f"{key}.path")
+        raise ConfigError(
+            f"file {p!r} does not exist; give the path of an .npz file", key=f"{key}.path"
+        )
     try:
         arrays = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -108,12 +112,17 @@ def load_npz(
         x = arrays[x_key]
         y = arrays[y_key].astype(np.int64)
         col = arrays[spec.column]
-        classes = [str(c) for c in arrays[classes_key]] if classes_key and classes_key in names else None
+        classes = (
+            [str(c) for c in arrays[classes_key]] if classes_key and classes_key in names else None
+        )
     if x.ndim != 4:
-        raise ConfigError(f"images {x_key!r} must have 4 dims (N,H,W,C or N,C,H,W); got shape {x.shape}", key=key)
+        raise ConfigError(
+            f"images {x_key!r} must have 4 dims (N,H,W,C or N,C,H,W); got shape {x.shape}", key=key
+        )
     if len(y) != len(x) or len(col) != len(x):
         raise ConfigError(
-            f"arrays differ in length: {x_key}={len(x)}, {y_key}={len(y)}, {spec.column}={len(col)}", key=key
+            f"arrays differ in length: {x_key}={len(x)}, {y_key}={len(y)}, {spec.column}={len(col)}",
+            key=key,
         )
     gid, keep, group_names = _group_ids(col, spec, f"{key}.group")
     if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
@@ -121,7 +130,11 @@ def load_npz(
     xt = torch.from_numpy(np.ascontiguousarray(x[keep]))
     xt = xt.float() / 255.0 if xt.dtype == torch.uint8 else xt.float()
     n_classes = int(y.max()) + 1
-    class_names = classes if classes is not None and len(classes) >= n_classes else [str(c) for c in range(n_classes)]
+    class_names = (
+        classes
+        if classes is not None and len(classes) >= n_classes
+        else [str(c) for c in range(n_classes)]
+    )
     ds = GroupDataset(
         x=xt,
         y=torch.from_numpy(y[keep]),

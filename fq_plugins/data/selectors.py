@@ -8,6 +8,7 @@ import torch
 
 from .._markers import hookimpl
 from ..errors import ConfigError
+from ..hookspecs import RegisterFn
 from ..protocols import DataSelector
 
 __all__ = ["RandomStratifiedSelector"]
@@ -33,10 +34,14 @@ class RandomStratifiedSelector(DataSelector):
             raise ConfigError(f"fraction must lie in (0, 1]; got {fraction}")
         y = torch.as_tensor(labels, dtype=torch.long).flatten()
         n = y.numel()
-        g = torch.zeros_like(y) if groups is None else torch.as_tensor(groups, dtype=torch.long).flatten()
+        g = (
+            torch.zeros_like(y)
+            if groups is None
+            else torch.as_tensor(groups, dtype=torch.long).flatten()
+        )
         if g.numel() != n:
             raise ConfigError(f"{g.numel()} group ids for {n} labels")
-        k_total = int(round(fraction * n))
+        k_total = round(fraction * n)
         cell = y * (int(g.max()) + 1 if n else 1) + g
         cells, counts = torch.unique(cell, return_counts=True)
         quota = counts.double() * k_total / max(n, 1)
@@ -54,5 +59,5 @@ class RandomStratifiedSelector(DataSelector):
 
 
 @hookimpl
-def fq_register_data_selectors(register):  # type: ignore[no-untyped-def]
+def fq_register_data_selectors(register: RegisterFn) -> None:
     register(RandomStratifiedSelector)

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from .._markers import hookimpl
 from ..errors import ConfigError
+from ..hookspecs import RegisterFn
 from ..protocols import Availability, EnergyMeter, EnergyReading
 
 __all__ = ["DEFAULT_WATTS_PER_CPU", "TDP_TABLE", "CpuTimeMeter", "cpu_model_name", "watts_per_cpu"]
@@ -56,7 +57,11 @@ def watts_per_cpu(model_name: str | None = None) -> tuple[float, str, str]:
     model_name = model_name if model_name is not None else cpu_model_name()
     for needle, tdp, threads in TDP_TABLE:
         if needle.lower() in model_name.lower():
-            return tdp / threads, "estimated:cpu-time-tdp", f"TDP {tdp:g} W / {threads} CPUs ({needle})"
+            return (
+                tdp / threads,
+                "estimated:cpu-time-tdp",
+                f"TDP {tdp:g} W / {threads} CPUs ({needle})",
+            )
     return (
         DEFAULT_WATTS_PER_CPU,
         "estimated:cpu-time-default",
@@ -74,14 +79,20 @@ class CpuTimeMeter(EnergyMeter):
     """Estimate: process CPU seconds × W per busy logical CPU (labelled ``estimated:``)."""
 
     name: ClassVar[str] = "cpu_time"
-    description: ClassVar[str] = "Estimate from process CPU time × TDP per logical CPU (always available; labelled estimated)."
+    description: ClassVar[str] = (
+        "Estimate from process CPU time × TDP per logical CPU (always available; labelled estimated)."
+    )
     measured: ClassVar[bool] = False
 
     def __init__(self, watts_per_cpu: float | None = None) -> None:
         if watts_per_cpu is not None:
             if not watts_per_cpu > 0:
                 raise ConfigError(f"watts_per_cpu must be > 0; got {watts_per_cpu}")
-            self.watts, self.label, self.source = watts_per_cpu, "estimated:cpu-time-user-power", "given"
+            self.watts, self.label, self.source = (
+                watts_per_cpu,
+                "estimated:cpu-time-user-power",
+                "given",
+            )
         else:
             self.watts, self.label, self.source = watts_per_cpu_default()
         self._t0: tuple[float, float] | None = None
@@ -104,8 +115,12 @@ class CpuTimeMeter(EnergyMeter):
             seconds=wall,
             joules={"cpu:process": cpu * self.watts},
             methods={"cpu:process": self.label},
-            details={"cpu_seconds": cpu, "watts_per_cpu": self.watts, "source": self.source,
-                     "logical_cpus": os.cpu_count()},
+            details={
+                "cpu_seconds": cpu,
+                "watts_per_cpu": self.watts,
+                "source": self.source,
+                "logical_cpus": os.cpu_count(),
+            },
         )
 
 
@@ -114,5 +129,5 @@ def watts_per_cpu_default() -> tuple[float, str, str]:
 
 
 @hookimpl
-def fq_register_energy_meters(register):  # type: ignore[no-untyped-def]
+def fq_register_energy_meters(register: RegisterFn) -> None:
     register(CpuTimeMeter)

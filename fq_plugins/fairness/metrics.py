@@ -11,6 +11,7 @@ import math
 import torch
 
 from .._markers import hookimpl
+from ..hookspecs import RegisterFn
 from ..protocols import FairnessMetric, MetricResult
 from .table import GroupConfusion
 
@@ -35,7 +36,10 @@ class GroupAccuracy(FairnessMetric):
             self.name,
             value,
             per_group=acc.tolist(),
-            details={"overall_accuracy": table.overall_accuracy(), "group_sizes": table.group_sizes.tolist()},
+            details={
+                "overall_accuracy": table.overall_accuracy(),
+                "group_sizes": table.group_sizes.tolist(),
+            },
         )
 
 
@@ -52,7 +56,9 @@ class WorstGroupAccuracy(FairnessMetric):
             return MetricResult(self.name, math.nan, per_group=acc.tolist())
         worst = int(torch.nan_to_num(acc, nan=math.inf).argmin())
         return MetricResult(
-            self.name, float(present.min()), per_group=acc.tolist(),
+            self.name,
+            float(present.min()),
+            per_group=acc.tolist(),
             details={"worst_group": worst, "worst_group_name": table.group_names[worst]},
         )
 
@@ -66,7 +72,9 @@ class AccuracyGap(FairnessMetric):
     def compute(self, table: GroupConfusion) -> MetricResult:
         present = _present(table.group_accuracy())
         if present.numel() < 2:
-            return MetricResult(self.name, 0.0 if present.numel() else math.nan, higher_is_better=False)
+            return MetricResult(
+                self.name, 0.0 if present.numel() else math.nan, higher_is_better=False
+            )
         return MetricResult(
             self.name,
             float(present.mean() - present.min()),
@@ -76,7 +84,7 @@ class AccuracyGap(FairnessMetric):
 
 
 @hookimpl
-def fq_register_fairness_metrics(register):  # type: ignore[no-untyped-def]
+def fq_register_fairness_metrics(register: RegisterFn) -> None:
     register(GroupAccuracy)
     register(WorstGroupAccuracy)
     register(AccuracyGap)

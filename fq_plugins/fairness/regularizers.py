@@ -41,8 +41,12 @@ def per_group_losses(
     if groups.numel() != losses.numel():
         raise ConfigError(f"{groups.numel()} group ids for {losses.numel()} losses")
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= n_groups):
-        raise ConfigError(f"group ids must lie in [0, {n_groups}); got {groups.min().item()}..{groups.max().item()}")
-    sums = torch.zeros(n_groups, dtype=losses.dtype, device=losses.device).index_add(0, groups, losses)
+        raise ConfigError(
+            f"group ids must lie in [0, {n_groups}); got {groups.min().item()}..{groups.max().item()}"
+        )
+    sums = torch.zeros(n_groups, dtype=losses.dtype, device=losses.device).index_add(
+        0, groups, losses
+    )
     counts = torch.bincount(groups, minlength=n_groups).to(losses.dtype)
     present = counts > 0
     return sums / counts.clamp_min(1), present

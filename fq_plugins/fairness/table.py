@@ -19,9 +19,8 @@ __all__ = ["GroupConfusion"]
 
 def _as_long(x: torch.Tensor | Sequence[int], what: str) -> torch.Tensor:
     t = torch.as_tensor(x)
-    if t.is_floating_point():
-        if not bool(torch.all(t == torch.round(t))):
-            raise ConfigError(f"{what} must be integers; got non-integral values")
+    if t.is_floating_point() and not bool(torch.all(t == torch.round(t))):
+        raise ConfigError(f"{what} must be integers; got non-integral values")
     return t.to(torch.long).flatten()
 
 
@@ -70,8 +69,11 @@ class GroupConfusion:
             raise ConfigError(
                 f"predictions, targets and group ids differ in length: {p.numel()}, {t.numel()}, {g.numel()}"
             )
-        for arr, hi, what in ((g, self.n_groups, "group id"), (t, self.n_classes, "target"),
-                              (p, self.n_classes, "prediction")):
+        for arr, hi, what in (
+            (g, self.n_groups, "group id"),
+            (t, self.n_classes, "target"),
+            (p, self.n_classes, "prediction"),
+        ):
             if arr.numel() and (int(arr.min()) < 0 or int(arr.max()) >= hi):
                 bad = arr[(arr < 0) | (arr >= hi)][0].item()
                 raise ConfigError(
@@ -79,14 +81,18 @@ class GroupConfusion:
                     f"Check the dataset's group column / n_groups."
                 )
         flat = (g * self.n_classes + t) * self.n_classes + p
-        self.counts += torch.bincount(flat, minlength=self.counts.numel()).to(torch.float64).reshape(
-            self.counts.shape
+        self.counts += (
+            torch.bincount(flat, minlength=self.counts.numel())
+            .to(torch.float64)
+            .reshape(self.counts.shape)
         )
         return self
 
     def merge(self, other: GroupConfusion) -> GroupConfusion:
         if other.counts.shape != self.counts.shape:
-            raise ConfigError(f"cannot merge tables of shapes {tuple(other.counts.shape)} and {tuple(self.counts.shape)}")
+            raise ConfigError(
+                f"cannot merge tables of shapes {tuple(other.counts.shape)} and {tuple(self.counts.shape)}"
+            )
         self.counts += other.counts
         return self
 
@@ -96,7 +102,11 @@ class GroupConfusion:
 
         if dist.is_available() and dist.is_initialized():
             backend = dist.get_backend()
-            device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+            device = (
+                torch.device("cuda", torch.cuda.current_device())
+                if backend == "nccl"
+                else torch.device("cpu")
+            )
             buf = self.counts.to(device)
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             self.counts = buf.cpu()
@@ -120,7 +130,9 @@ class GroupConfusion:
     def group_accuracy(self) -> torch.Tensor:
         """Accuracy per group (NaN for a group without examples), shape ``(G,)``."""
         n = self.group_sizes
-        return torch.where(n > 0, self.group_correct() / n.clamp_min(1), torch.full_like(n, float("nan")))
+        return torch.where(
+            n > 0, self.group_correct() / n.clamp_min(1), torch.full_like(n, float("nan"))
+        )
 
     def overall_accuracy(self) -> float:
         return float(self.group_correct().sum() / self.total) if self.total else float("nan")

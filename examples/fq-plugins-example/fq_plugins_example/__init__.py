@@ -64,8 +64,11 @@ class WorstClassRecall(FairnessMetric):
         support = pooled.sum(dim=1)
         recall = torch.diagonal(pooled) / support.clamp_min(1)
         present = recall[support > 0]
-        return MetricResult(self.name, float(present.min()) if present.numel() else float("nan"),
-                            per_class=torch.where(support > 0, recall, torch.nan).tolist())
+        return MetricResult(
+            self.name,
+            float(present.min()) if present.numel() else float("nan"),
+            per_class=torch.where(support > 0, recall, torch.nan).tolist(),
+        )
 
 
 @hookimpl

@@ -1,10 +1,10 @@
 """The example plugin passes fq-plugins' contract tests (and one check of its own)."""
 
 import torch
+from fq_plugins_example import MagnitudePrune, WorstClassRecall
 
 from fq_plugins.fairness.table import GroupConfusion
 from fq_plugins.testing import CompressorContract, FairnessMetricContract
-from fq_plugins_example import MagnitudePrune, WorstClassRecall
 
 
 class TestMagnitudePrune(CompressorContract):
