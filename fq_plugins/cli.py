@@ -155,10 +155,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    import os
+
+    from .run import make_output_dir
+
+    out = args.output or make_output_dir(recipe.output.dir, recipe.name)
     try:
-        report, out = run(recipe, plugin_manager=pm, output_dir=args.output, log=log)
+        report, out = run(recipe, plugin_manager=pm, output_dir=out, log=log)
     except FQError as exc:
-        raise _RunFailed(exc, recipe) from None
+        partial = os.path.join(out, "report.json")
+        if os.path.exists(partial):
+            raise FQError(f"{exc}\npartial report (status 'failed'): {partial}") from None
+        if not args.output and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # failed before writing anything: leave no empty folder
+        raise
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -168,14 +178,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(format_table(report.variants))
         print(f"report: {out}/report.json")
     return 0
-
-
-class _RunFailed(FQError):
-    def __init__(self, exc: FQError, recipe: Any) -> None:
-        super().__init__(
-            f"{exc}\n(partial report, if any, is in the run's output folder under "
-            f"{recipe.output.dir!r})"
-        )
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
