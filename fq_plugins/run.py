@@ -30,6 +30,7 @@ from .fairness.regularizers import RegularizerSpec, fairness_penalty
 from .fairness.table import GroupConfusion
 from .manager import FQPluginManager, get_plugin_manager
 from .models import build_model
+from .plots import plot_layer_bits
 from .protocols import AttachContext, EnergyMeter, EnergyReading, MethodConfig, MetricResult
 from .recipe import DataSpec, Recipe
 from .report import EvaluationReport, RunReport, format_table
@@ -419,10 +420,13 @@ def run(
         report.write(out)
         log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
         for vname, methods in variants.items():
-            report.variants.append(
-                _run_variant(vname, methods, model, train, test, recipe, pm, tracker, log)
-            )
-            pm.on_evaluation(report.variants[-1])
+            rep = _run_variant(vname, methods, model, train, test, recipe, pm, tracker, log)
+            report.variants.append(rep)
+            if any(lc.quantized for lc in rep.cost.layers):
+                png = plot_layer_bits(rep.cost, os.path.join(out, f"bits-{vname}.png"), vname)
+                if png is None:
+                    log("note: per-layer bit plots need matplotlib: pip install 'fq-plugins[plot]'")
+            pm.on_evaluation(rep)
             report.write(out)
         report.status = "ok"
     except BaseException as exc:
