@@ -40,6 +40,7 @@ __all__ = ["DEFAULT_PLUGINS", "FQPluginManager", "PluginInfo", "get_plugin_manag
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "fq_plugins.compressors.uniform",
+    "fq_plugins.compressors.fairquant",
     "fq_plugins.fairness.metrics",
     "fq_plugins.energy.estimate",
     "fq_plugins.data.selectors",

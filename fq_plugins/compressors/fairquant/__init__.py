@@ -1,0 +1,1 @@
+"""FairQuant: group-aware importance → budgeted mixed precision → QAT or learnable bits (BAQ)."""
