@@ -131,6 +131,11 @@ class Compressor:
         """The method's loss term, already weighted (a 0-d tensor; zero if it has none)."""
         return torch.zeros(())
 
+    def wants_training(self) -> bool:
+        """False for post-training methods: hosts then skip fine-tuning for a pipeline whose
+        methods all answer False (e.g. ``fairquant`` in ``static`` mode)."""
+        return True
+
     def on_step(self, step: int) -> None:
         """Called after each optimizer step (schedules)."""
 

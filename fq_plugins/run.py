@@ -469,13 +469,14 @@ def _run_variant(
     )
     session.attach(model, ctx)
     ft = recipe.finetune
+    epochs = ft.epochs if any(m.wants_training() for m in session.methods) else 0
     phase = f"finetune:{vname}"
     _, e_ft = tracker.measure(
         phase,
         lambda: train_model(
             model,
             train,
-            epochs=ft.epochs,
+            epochs=epochs,
             batch_size=recipe.train.batch_size,
             lr=ft.lr,
             weight_decay=ft.weight_decay,
