@@ -122,7 +122,7 @@ class CompressorContract:
     def test_penalty_is_a_scalar_tensor(self) -> None:
         _, comp = self.attached()
         p = comp.penalty()
-        assert isinstance(p, torch.Tensor) and p.dim() == 0 and math.isfinite(float(p))
+        assert isinstance(p, torch.Tensor) and p.dim() == 0 and math.isfinite(float(p.detach()))
 
     def test_stats(self) -> None:
         model, comp = self.attached()

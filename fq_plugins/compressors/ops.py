@@ -12,6 +12,7 @@ import torch
 
 __all__ = [
     "channel_absmax",
+    "clamp_ste",
     "levels",
     "round_ste",
     "symmetric_fake_quant",
@@ -41,6 +42,23 @@ class _ReplaceSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
+
+
+class _ClampSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad, None, None
+
+
+def clamp_ste(x: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+    """``clamp(x, lo, hi)`` forward, identity backward to ``x`` (bounds get no gradient)."""
+    lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
+    hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
+    return _ClampSTE.apply(x, lo_t, hi_t)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,245 @@
+"""Group-aware importance (FairQuant step 1–3).
+
+For each calibration batch and each sensitive group ``g`` present in it, the cross-entropy
+of that group's examples alone (a separate forward pass, model in train mode) is
+back-propagated and accumulated per weight:
+
+* ``grape`` (default): ``I_g += (∂L_g/∂W ⊙ W)²``
+* ``gradient``: ``I_g += |∂L_g/∂W|``
+* ``hawq``: ``I_g += |diag(H_g)| ⊙ W²`` with Hutchinson's estimator (Rademacher probes).
+
+Groups are then reduced per weight (``balanced`` default, ``max``, ``mean``, ``cvar``,
+``subtractive``) and averaged into unit scores: one per output channel (or per tensor).
+BatchNorm running statistics touched by the train-mode passes are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ...errors import ConfigError
+
+__all__ = ["ImportanceResult", "group_importance", "reduce_groups"]
+
+log = logging.getLogger("fq_plugins")
+
+Signal = Literal["grape", "gradient", "hawq"]
+Reducer = Literal["balanced", "max", "mean", "cvar", "subtractive"]
+GroupSource = Literal["auto", "groups", "classes"]
+
+
+@dataclasses.dataclass
+class ImportanceResult:
+    """Unit scores per target module and what they were computed from.
+
+    ``scores[name]`` has one value per output channel (``granularity="channel"``) or one
+    value (``"tensor"``). ``group_totals[g]`` is group g's total importance ``Σ I_g`` before
+    reduction; ``group_counts[g]`` its number of calibration examples.
+    """
+
+    scores: dict[str, torch.Tensor]
+    group_totals: torch.Tensor
+    group_counts: torch.Tensor
+    groups_from: Literal["groups", "classes"]
+    n_batches: int
+    signal: str
+    reducer: str
+
+
+def reduce_groups(stack: torch.Tensor, reducer: str, *, alpha: float = 0.1) -> torch.Tensor:
+    """Reduce per-group importances ``stack`` of shape ``(G, *w.shape)`` to ``w.shape``.
+
+    ``balanced``: ``share_g = ΣI_g / Σ_h ΣI_h``, ``I = max_g I_g / max(share_g, 1e-8)`` — it
+    lifts groups whose total importance is small. ``cvar``: mean of the top ``⌈(1−α)G⌉``
+    groups per weight. ``subtractive``: what the group with the smallest total importance
+    needs beyond the others, ``relu(I_w − mean_{h≠w} I_h)`` (our definition; METHODS.md does
+    not fix one).
+    """
+    g = stack.shape[0]
+    if reducer == "max":
+        return stack.amax(dim=0)
+    if reducer == "mean":
+        return stack.mean(dim=0)
+    if reducer == "cvar":
+        if not 0.0 <= alpha < 1.0:
+            raise ConfigError(f"cvar alpha must lie in [0, 1); got {alpha}")
+        k = max(1, math.ceil((1.0 - alpha) * g))
+        return stack.topk(k, dim=0).values.mean(dim=0)
+    totals = stack.reshape(g, -1).sum(dim=1)
+    if reducer == "balanced":
+        share = totals / totals.sum().clamp_min(1e-30)
+        scaled = stack / share.clamp_min(1e-8).reshape((g,) + (1,) * (stack.dim() - 1))
+        return scaled.amax(dim=0)
+    if reducer == "subtractive":
+        if g < 2:
+            return stack[0]
+        w = int(totals.argmin())
+        others = torch.cat([stack[:w], stack[w + 1 :]]).mean(dim=0)
+        return torch.relu(stack[w] - others)
+    raise ConfigError(
+        f"unknown reducer {reducer!r}; allowed: balanced, max, mean, cvar, subtractive"
+    )
+
+
+def _unit_scores(imp: torch.Tensor, granularity: str) -> torch.Tensor:
+    flat = imp.abs().reshape(imp.shape[0], -1)
+    return flat.mean(dim=1) if granularity == "channel" else flat.mean().reshape(1)
+
+
+def group_importance(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    targets: Sequence[tuple[str, nn.Module]],
+    *,
+    signal: Signal = "grape",
+    reducer: Reducer = "balanced",
+    calib_batches: int = 50,
+    n_groups: int | None = None,
+    group_source: GroupSource = "auto",
+    granularity: Literal["channel", "tensor"] = "channel",
+    cvar_alpha: float = 0.1,
+    hawq_samples: int = 10,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    seed: int = 0,
+) -> ImportanceResult:
+    """Group-aware importance of the ``weight`` of each target module.
+
+    :param batches: yields ``(x, y, group)``; ``group`` may be None.
+    :param calib_batches: how many batches to use (at most).
+    :param n_groups: number of groups; every group must appear in the calibration data.
+    :param group_source: ``groups`` requires group ids (error without them), ``classes``
+        uses the labels as groups, ``auto`` uses group ids and falls back to classes (with a
+        warning) when a batch has none.
+    """
+    if signal not in ("grape", "gradient", "hawq"):
+        raise ConfigError(f"unknown importance signal {signal!r}; allowed: grape, gradient, hawq")
+    if calib_batches < 1:
+        raise ConfigError(f"calib_batches must be ≥ 1; got {calib_batches}")
+    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y))
+    modules = [m for _, m in targets]
+    names = [n for n, _ in targets]
+    # Snapshot buffers (BN running stats) so calibration leaves the model unchanged.
+    buffers = {k: v.detach().clone() for k, v in model.state_dict().items() if not v.requires_grad}
+    was_training = model.training
+    model.train()
+    acc: dict[int, list[torch.Tensor]] = {}
+    counts: dict[int, int] = {}
+    used_classes = group_source == "classes"
+    gen = torch.Generator().manual_seed(seed)
+    n_done = 0
+    try:
+        for x, y, g in batches:
+            if n_done >= calib_batches:
+                break
+            if g is None or group_source == "classes":
+                if group_source == "groups":
+                    raise ConfigError(
+                        "group importance was asked for with group ids (importance.group_source: "
+                        "groups) but a calibration batch has none; check fairness.group_key or "
+                        "use group_source: auto to fall back to classes"
+                    )
+                if not used_classes:
+                    warnings.warn(
+                        "calibration batches carry no group ids: using classes as groups for "
+                        "FairQuant's importance",
+                        stacklevel=2,
+                    )
+                used_classes = True
+                g = y
+            g = g.to(torch.long)
+            for gid in torch.unique(g).tolist():
+                sel = g == gid
+                xs, ys = x[sel], y[sel]
+                # cached(): a parametrized weight is computed once, so the tensor we
+                # differentiate against is the one the forward pass used.
+                with parametrize.cached():
+                    weights = [cast(torch.Tensor, m.weight) for m in modules]
+                    loss = loss_fn(model(xs), ys)
+                    grads = torch.autograd.grad(
+                        loss, weights, create_graph=signal == "hawq", allow_unused=True
+                    )
+                    if signal == "hawq":
+                        contrib = _hutchinson(grads, weights, hawq_samples, gen)
+                    else:
+                        contrib = []
+                        for gr, w in zip(grads, weights, strict=True):
+                            gr = torch.zeros_like(w) if gr is None else gr.detach()
+                            contrib.append(
+                                (gr * w.detach()) ** 2 if signal == "grape" else gr.abs()
+                            )
+                if gid not in acc:
+                    acc[gid] = [c.clone() for c in contrib]
+                else:
+                    for a, c in zip(acc[gid], contrib, strict=True):
+                        a += c
+                counts[gid] = counts.get(gid, 0) + int(sel.sum())
+            n_done += 1
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            sd = model.state_dict()
+            for k, v in buffers.items():
+                sd[k].copy_(v)
+    if n_done == 0:
+        raise ConfigError("no calibration batches were given; group importance needs at least one")
+    n_g = (max(acc) + 1) if used_classes or n_groups is None else n_groups
+    missing = [gid for gid in range(n_g) if gid not in acc]
+    if missing and not used_classes:
+        raise ConfigError(
+            f"group(s) {missing} have no samples in the {n_done} calibration batches; every "
+            f"group needs calibration data. Raise importance.calib_batches, or check the "
+            f"group column / n_groups={n_g}"
+        )
+    present = sorted(acc)
+    scores = {}
+    for i, name in enumerate(names):
+        stack = torch.stack([acc[gid][i] for gid in present])
+        scores[name] = _unit_scores(reduce_groups(stack, reducer, alpha=cvar_alpha), granularity)
+    totals = torch.zeros(n_g, dtype=torch.float64)
+    cnt = torch.zeros(n_g, dtype=torch.long)
+    for gid in present:
+        totals[gid] = float(sum(float(a.sum()) for a in acc[gid]))
+        cnt[gid] = counts[gid]
+    return ImportanceResult(
+        scores=scores,
+        group_totals=totals,
+        group_counts=cnt,
+        groups_from="classes" if used_classes else "groups",
+        n_batches=n_done,
+        signal=signal,
+        reducer=reducer,
+    )
+
+
+def _hutchinson(
+    grads: Sequence[torch.Tensor | None],
+    weights: Sequence[torch.Tensor],
+    samples: int,
+    gen: torch.Generator,
+) -> list[torch.Tensor]:
+    """``|E_v[v ⊙ Hv]| ⊙ W²`` per weight, with ``samples`` Rademacher probes."""
+    live = [(i, g) for i, g in enumerate(grads) if g is not None]
+    diag = [torch.zeros_like(w) for w in weights]
+    for _ in range(samples):
+        vs = [(torch.randint(0, 2, g.shape, generator=gen).to(g.dtype) * 2 - 1) for _, g in live]
+        hv = torch.autograd.grad(
+            [g for _, g in live],
+            [weights[i] for i, _ in live],
+            grad_outputs=vs,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        for (i, _), v, h in zip(live, vs, hv, strict=True):
+            if h is not None:
+                diag[i] += v * h.detach()
+    return [(d / samples).abs() * w.detach() ** 2 for d, w in zip(diag, weights, strict=True)]
