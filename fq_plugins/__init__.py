@@ -50,6 +50,9 @@ _LAZY = {
     "make_synthetic": ".data.synthetic",
     "load_npz": ".data.npz",
     "UniformCompressor": ".compressors.uniform",
+    "FairQuantCompressor": ".compressors.fairquant",
+    "group_importance": ".compressors.fairquant",
+    "allocate_bits": ".compressors.fairquant",
     "run": ".run",
 }
 
