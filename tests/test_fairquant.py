@@ -397,3 +397,31 @@ def test_run_with_fairquant_variants(pm, tmp_path):
     highs = [lc.bits_channel_max for lc in static.cost.layers]
     assert min(lows) == 2 and max(highs) == 8  # paper levels {2, 4, 8} at {0.2, 0.4, 0.4}
     assert static.cost.avg_bits_channel == pytest.approx(5.2, abs=0.25)
+
+
+@pytest.mark.parametrize("deadzone", [False, True])
+def test_fused_baq_matches_per_op_reference(deadzone):
+    """Forward and every gradient of the fused op equal the composed per-op-STE version."""
+    from fq_plugins.compressors.fairquant.baq import baq_fake_quant_reference
+
+    gen = torch.Generator().manual_seed(7)
+    w0 = torch.randn(6, 4, 3, 3, generator=gen, dtype=torch.float64)
+    lb0 = bits_to_logit(torch.tensor([2.0, 3, 4, 5, 6, 8]), 2, 8).double() + 0.01
+    ld0 = torch.linspace(-2.0, 0.8, 6, dtype=torch.float64) if deadzone else None
+    g = torch.randn(6, 4, 3, 3, generator=gen, dtype=torch.float64)
+    outs = []
+    for fn in (baq_fake_quant, baq_fake_quant_reference):
+        w = w0.clone().requires_grad_(True)
+        lb = lb0.clone().requires_grad_(True)
+        ld = ld0.clone().requires_grad_(True) if deadzone else None
+        out = fn(w, lb, ld, 2.0, 8.0)
+        (out * g).sum().backward()
+        outs.append((out.detach(), w.grad, lb.grad, ld.grad if deadzone else None))
+    (o1, gw1, gb1, gd1), (o2, gw2, gb2, gd2) = outs
+    torch.testing.assert_close(o1, o2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw1, gw2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gb1, gb2, rtol=1e-9, atol=1e-12)
+    assert float(gb1.abs().sum()) > 0
+    if deadzone:
+        torch.testing.assert_close(gd1, gd2, rtol=1e-9, atol=1e-12)
+        assert float(gd1.abs().sum()) > 0

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..ops import channel_absmax, clamp_ste, round_ste
 
-__all__ = ["LearnableBitQuant", "baq_fake_quant", "bits_to_logit"]
+__all__ = ["LearnableBitQuant", "baq_fake_quant", "baq_fake_quant_reference", "bits_to_logit"]
 
 
 def bits_to_logit(bits: torch.Tensor, b_min: float, b_max: float) -> torch.Tensor:
@@ -38,6 +38,43 @@ def bits_to_logit(bits: torch.Tensor, b_min: float, b_max: float) -> torch.Tenso
 def logit_to_bits(logit: torch.Tensor, b_min: float, b_max: float) -> torch.Tensor:
     """Continuous bits ``b_min + (b_max − b_min)·|tanh ℓ_b|`` (differentiable)."""
     return b_min + (b_max - b_min) * torch.tanh(logit).abs()
+
+
+class _BAQElementwise(torch.autograd.Function):
+    """The elementwise part of BAQ, fused: few passes over the weights.
+
+    Forward ``ŵ = sign(w)·(round(clamp((|w| − h)/Δ, 0, M))·Δ + h)·[|w| ≥ h]`` with per-channel
+    ``h = d/2``, ``Δ`` and ``M``. Backward, with identity STEs for round and clamp:
+    ``∂ŵ/∂w = [|w| ≥ h]`` (0 at w = 0), ``∂ŵ/∂Δ = sign(w)·[|w| ≥ h]·(q − u)`` with
+    ``u = (|w| − h)/Δ``, and ``∂ŵ/∂h = 0`` at fixed Δ (the ``+h`` and ``−h/Δ·Δ`` terms cancel).
+    ``h``, ``Δ`` and ``M`` come from the logits through ordinary autograd (tiny tensors).
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, half_d: torch.Tensor, delta: torch.Tensor, m: torch.Tensor,
+                deadzone: bool) -> torch.Tensor:
+        aw = w.abs()
+        q = torch.minimum(((aw - half_d) / delta).clamp_(min=0.0), m).round_()
+        out = torch.copysign(q.mul_(delta).add_(half_d), w)
+        if deadzone:
+            out = out.mul_((aw >= half_d).to(w.dtype))
+        ctx.save_for_backward(w, half_d, delta, m)
+        ctx.deadzone = deadzone
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def]
+        w, half_d, delta, m = ctx.saved_tensors
+        aw = w.abs()
+        u = (aw - half_d) / delta
+        resid = torch.minimum(u.clamp(min=0.0), m).round_().sub_(u)  # q − u
+        g = grad * torch.sign(w)  # sign(w)·g; also zeroes w == 0
+        if ctx.deadzone:
+            g = g * (aw >= half_d).to(w.dtype)
+        grad_w = g * torch.sign(w)
+        dims = tuple(range(1, w.dim()))
+        grad_delta = (g * resid).sum(dim=dims, keepdim=True) if ctx.needs_input_grad[2] else None
+        return grad_w, None, grad_delta, None, None
 
 
 def baq_fake_quant(
@@ -57,8 +94,28 @@ def baq_fake_quant(
     else:
         half_d = torch.zeros_like(a)
     delta = (a - half_d).clamp_min(1e-12) / m.clamp_min(1.0)
+    return _BAQElementwise.apply(w, half_d, delta, m.detach(), dz_logit is not None)
+
+
+def baq_fake_quant_reference(
+    w: torch.Tensor,
+    bit_logit: torch.Tensor,
+    dz_logit: torch.Tensor | None,
+    b_min: float,
+    b_max: float,
+) -> torch.Tensor:
+    """The same quantizer composed from per-op STEs (slow; the tests' oracle)."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    a = channel_absmax(w)
+    b = round_ste(logit_to_bits(bit_logit, b_min, b_max)).reshape(shape)
+    m = torch.pow(2.0, b - 1.0) - 1.0
+    if dz_logit is not None:
+        half_d = a * (1.0 - torch.tanh(dz_logit).abs().reshape(shape))
+    else:
+        half_d = torch.zeros_like(a)
+    delta = (a - half_d).clamp_min(1e-12) / m.clamp_min(1.0)
     mag = w.abs()
-    q = round_ste(clamp_ste((mag - half_d) / delta, 0.0, m))
+    q = round_ste(clamp_ste((mag - half_d) / delta, 0.0, m.detach()))
     out = torch.sign(w) * (q * delta + half_d)
     if dz_logit is not None:
         out = out * (mag >= half_d).to(w.dtype)
