@@ -180,8 +180,12 @@ def _solve_milp(names, sizes, s, n, levels, avg_bits, untargeted, max_bits, time
             f"levels, or target more layers.",
             key="budget.avg_bits",
         )
-    # variables x[u, j] ∈ {0,1}: unit u takes level j; flattened u-major
-    cost = (s[:, None] * n[:, None] * np.power(4.0, -lv)[None, :]).ravel()
+    # variables x[u, j] ∈ {0,1}: unit u takes level j; flattened u-major.
+    # Units with zero score (e.g. behind a zero-initialised BatchNorm) would be indifferent
+    # to their bits; a tiny floor keeps "more bits is better" true for every unit.
+    pos = s[s > 0]
+    s_eff = s + (1e-6 * float(pos.mean()) if pos.size else 1.0)
+    cost = (s_eff[:, None] * n[:, None] * np.power(4.0, -lv)[None, :]).ravel()
     # scale for numerical conditioning (HiGHS); the argmin is unchanged
     cost = cost / max(cost.max(), 1e-300)
     rows = np.repeat(np.arange(m), k)
@@ -190,10 +194,17 @@ def _solve_milp(names, sizes, s, n, levels, avg_bits, untargeted, max_bits, time
         coo_matrix((np.ones(m * k), (rows, cols)), shape=(m, m * k)), 1, 1
     )
     weight_row = (n[:, None] * lv[None, :]).ravel()[None, :]
-    budget_c = LinearConstraint(weight_row, -np.inf, budget)
     upper = np.ones(m * k)
+    cap = np.full(m, lv[-1])
     if ub_bits is not None:
         upper = (lv[None, :] <= ub_bits[:, None] + 1e-9).astype(float).ravel()
+        cap = np.array([lv[lv <= b + 1e-9].max() if (lv <= b + 1e-9).any() else lv[0] for b in ub_bits])
+    # "Met exactly": spend the budget up to one level step of the largest unit. Raising any
+    # unit one level from a solution below this bound stays within budget, so the bound is
+    # always feasible; without it, near-zero costs let the solver stop short of the budget.
+    step = float(np.diff(lv).max()) if k > 1 else 0.0
+    lower = min(budget - step * float(n.max()), float((n * cap).sum()))
+    budget_c = LinearConstraint(weight_row, lower, budget)
     with _quiet_stdout():
         res = milp(
             cost,
