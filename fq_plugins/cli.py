@@ -1,4 +1,4 @@
-"""Command line: ``fq-plugins run | plugins | list | validate | show-default``.
+"""Command line: ``fq-plugins run | plugins | list | validate | show-default | co2st``.
 
 User errors (:class:`~fq_plugins.errors.FQError`) print one message and exit 2; nothing
 already computed is lost (``run`` writes its report after every variant).
@@ -83,6 +83,40 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("recipe", help="recipe file")
 
     sub.add_parser("show-default", help="print the embedded default recipe (YAML)")
+
+    c = sub.add_parser(
+        "co2st",
+        help="a-priori energy/CO2 estimate of generative-AI usage (CO2ST)",
+        description=(
+            "CO2ST a-priori estimate: energy E = (units + 0.1 × input tokens) × E_p(task) Wh, "
+            "emissions C = intensity × E, with equivalents (km driven = 4 × kg, flight "
+            "minutes = 0.24 × kg). A unit is one output token of the task's model. Nothing "
+            "is measured: figures are labelled estimated:co2st. Definitions: docs/measurement.md."
+        ),
+    )
+    c.add_argument(
+        "--task",
+        required=True,
+        metavar="TASK",
+        help="text-to-text | text-to-image | image-to-text | text-to-audio | text-to-video",
+    )
+    c.add_argument(
+        "--units", required=True, type=float, metavar="N", help="output tokens (units), ≥ 0"
+    )
+    c.add_argument(
+        "--input-tokens", type=float, default=0.0, metavar="N", help="input tokens (weighted 0.1)"
+    )
+    src = c.add_mutually_exclusive_group()
+    src.add_argument(
+        "--intensity",
+        type=float,
+        metavar="KG_PER_KWH",
+        help="grid intensity in kgCO2e/kWh (default 0.481, CO2ST)",
+    )
+    src.add_argument(
+        "--country", metavar="ISO", help="take the intensity from the bundled table (e.g. DNK)"
+    )
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -188,6 +222,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_co2st(args: argparse.Namespace) -> int:
+    from .energy.co2st import co2st_estimate
+
+    est = co2st_estimate(
+        args.task,
+        args.units,
+        input_tokens=args.input_tokens,
+        intensity_kg_per_kwh=args.intensity,
+        country=args.country,
+    )
+    print(json.dumps(est.to_dict(), indent=2) if args.json else est.format())
+    return 0
+
+
 def _cmd_show_default(args: argparse.Namespace) -> int:
     from .recipe import default_recipe_text
 
@@ -207,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list": _cmd_list,
         "validate": _cmd_validate,
         "show-default": _cmd_show_default,
+        "co2st": _cmd_co2st,
     }
     try:
         return handlers[args.command](args)

@@ -42,7 +42,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fq_plugins.compressors.uniform",
     "fq_plugins.compressors.fairquant",
     "fq_plugins.fairness.metrics",
+    "fq_plugins.fairness.suite",
     "fq_plugins.energy.estimate",
+    "fq_plugins.energy.rapl",
+    "fq_plugins.energy.nvml",
+    "fq_plugins.energy.codecarbon_meter",
     "fq_plugins.data.selectors",
 )
 """Built-in plugin modules, registered exactly like third-party plugins."""

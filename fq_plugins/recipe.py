@@ -32,9 +32,11 @@ from .fairness.regularizers import RegularizerSpec
 from .protocols import MethodConfig
 
 if TYPE_CHECKING:
+    from .energy.carbon import CarbonModel
     from .manager import FQPluginManager
 
 __all__ = [
+    "CarbonSpec",
     "DataSpec",
     "EnergySpec",
     "FairnessSpec",
@@ -126,6 +128,18 @@ class FairnessSpec(_Strict):
     metrics: list[str] = Field(
         default_factory=lambda: ["group_accuracy", "worst_group_accuracy", "accuracy_gap"]
     )
+    undefined: str = Field(
+        "skip",
+        description="Undefined rates (a group with no example of a class): nan | zero | skip; "
+        "passed to every metric that accepts `undefined`.",
+    )
+
+    @field_validator("undefined")
+    @classmethod
+    def _undefined_policy(cls, v: str) -> str:
+        from .fairness.rates import check_undefined
+
+        return check_undefined(v)
 
     @field_validator("metrics")
     @classmethod
@@ -137,10 +151,41 @@ class FairnessSpec(_Strict):
         return v
 
 
+class CarbonSpec(_Strict):
+    """``energy.carbon``: turn joules into gCO2e (never geolocated).
+
+    One intensity source at most: ``country`` (ISO code, bundled table), or
+    ``intensity_g_per_kwh``, or ``world_average: true`` (flagged estimate). With none, the
+    report shows energy only. ``pue`` ≥ 1 multiplies the energy (data-centre overhead).
+    """
+
+    country: str | None = None
+    pue: float = 1.0
+    intensity_g_per_kwh: float | None = None
+    world_average: bool = False
+
+    @model_validator(mode="after")
+    def _valid(self) -> CarbonSpec:
+        self.model()  # raises ConfigError naming the key, the value and the fix
+        return self
+
+    def model(self) -> CarbonModel | None:
+        """The carbon model, or ``None`` when no intensity source is given."""
+        from .energy.carbon import CarbonModel
+
+        return CarbonModel.from_spec(
+            country=self.country,
+            intensity_g_per_kwh=self.intensity_g_per_kwh,
+            pue=self.pue,
+            world_average=self.world_average,
+        )
+
+
 class EnergySpec(_Strict):
     """``energy``: meters wrapping each phase; ``auto`` = first measured meter, else estimate."""
 
     meters: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
+    carbon: CarbonSpec = Field(default_factory=CarbonSpec)
 
     @field_validator("meters")
     @classmethod

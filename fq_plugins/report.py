@@ -9,9 +9,22 @@ import os
 from typing import Any
 
 from .accounting import BITS_CONVENTION, ModelCost
+from .energy.carbon import CarbonEstimate
+from .energy.pepr import pepr_by_name
 from .protocols import EnergyReading, MetricResult, _json_safe
 
-__all__ = ["EvaluationReport", "RunReport", "format_table"]
+__all__ = ["PEPR_PERFORMANCE", "PEPR_RESOURCES", "EvaluationReport", "RunReport", "format_table"]
+
+PEPR_PERFORMANCE = ("accuracy", "worst_group_accuracy")
+"""P of PePR: overall test accuracy (headline), and worst-group accuracy."""
+
+PEPR_RESOURCES = {
+    "energy": "energy_joules (J, the variant's own phases: FP32 = training + eval; "
+    "compressed = fine-tune + eval)",
+    "co2": "carbon grams (gCO2e; only when energy.carbon is configured)",
+    "time": "wall_seconds (s, the variant's own phases)",
+    "memory": "packed model size (bytes)",
+}
 
 
 @dataclasses.dataclass
@@ -31,6 +44,8 @@ class EvaluationReport:
     energy: dict[str, EnergyReading]
     wall_seconds: float
     finalize_max_abs_diff: float | None = None
+    carbon: CarbonEstimate | None = None
+    energy_prediction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def energy_joules(self) -> float:
@@ -56,6 +71,9 @@ class EvaluationReport:
                 "energy": {k: v.to_dict() for k, v in self.energy.items()},
                 "energy_joules": self.energy_joules,
                 "energy_method": self.energy_method,
+                "energy_methods_by_phase": {k: v.method for k, v in self.energy.items()},
+                "energy_prediction": self.energy_prediction,
+                "carbon": self.carbon.to_dict() if self.carbon is not None else None,
                 "wall_seconds": self.wall_seconds,
                 "finalize_max_abs_diff": self.finalize_max_abs_diff,
             }
@@ -75,6 +93,26 @@ class RunReport:
     error: str | None = None
     wall_seconds: float = 0.0
 
+    def pepr(self) -> dict[str, dict[str, dict[str, float]]]:
+        """PePR over the variants: ``{performance: {resource: {variant: value}}}``.
+
+        ``PePR = P / (1 + R_n)``, R_n min-max normalised over the variants of this run
+        (:mod:`fq_plugins.energy.pepr`); resources in :data:`PEPR_RESOURCES` (``co2``
+        only when every variant has a carbon figure).
+        """
+        res: dict[str, dict[str, float]] = {
+            "energy": {v.variant: v.energy_joules for v in self.variants},
+            "time": {v.variant: v.wall_seconds for v in self.variants},
+            "memory": {v.variant: float(v.cost.packed_bytes) for v in self.variants},
+        }
+        if self.variants and all(v.carbon is not None for v in self.variants):
+            res["co2"] = {v.variant: v.carbon.grams for v in self.variants if v.carbon is not None}
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for perf in PEPR_PERFORMANCE:
+            p = {v.variant: float(getattr(v, perf)) for v in self.variants}
+            out[perf] = {name: pepr_by_name(p, r) for name, r in res.items()}
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(
             {
@@ -88,11 +126,19 @@ class RunReport:
                     "accuracy_gap": "mean_group_accuracy − worst_group_accuracy",
                     "bits_and_size": BITS_CONVENTION,
                     "energy": "labelled per figure: measured:* or estimated:*",
+                    "carbon": "gCO2e = J / 3.6e6 × PUE × intensity (g/kWh); method says "
+                    "where the intensity came from",
+                    "pepr": "P / (1 + R_n), R_n = min-max normalised resource over the "
+                    "variants of this run; P = accuracy (also worst_group_accuracy)",
+                    "pepr_resources": PEPR_RESOURCES,
+                    "energy_prediction": "after a training phase's first epoch: "
+                    "first-epoch energy × epochs",
                 },
                 "dataset": self.dataset,
                 "environment": self.environment,
                 "recipe": self.recipe,
                 "variants": [v.to_dict() for v in self.variants],
+                "pepr": self.pepr(),
             }
         )
 
@@ -129,8 +175,26 @@ def format_table(variants: list[EvaluationReport]) -> str:
         "time s",
         "energy J",
     ]
+    with_carbon = any(v.carbon is not None for v in variants)
+    if with_carbon:
+        header.append("CO2 g")
+    with_pepr = len(variants) > 1
+    pepr_e: dict[str, float] = {}
+    if with_pepr:
+        header.append("PePR-E")
+        pepr_e = pepr_by_name(
+            {v.variant: v.accuracy for v in variants},
+            {v.variant: v.energy_joules for v in variants},
+        )
     rows = []
     for v in variants:
+        extra = []
+        if with_carbon:
+            g = v.carbon.grams if v.carbon is not None else math.nan
+            extra.append(f"{g:.3g}" if math.isfinite(g) else "missing")
+        if with_pepr:
+            pe = pepr_e[v.variant]
+            extra.append(f"{pe:.4f}" if math.isfinite(pe) else "missing")
         rows.append(
             [
                 v.variant,
@@ -143,6 +207,7 @@ def format_table(variants: list[EvaluationReport]) -> str:
                 _fmt_bytes(v.cost.packed_bytes),
                 f"{v.wall_seconds:.1f}",
                 f"{v.energy_joules:.0f}" if math.isfinite(v.energy_joules) else "missing",
+                *extra,
             ]
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -158,6 +223,18 @@ def format_table(variants: list[EvaluationReport]) -> str:
     out.append(
         f"energy: {', '.join(methods)} (estimated:* figures are estimates, not measurements)"
     )
+    if with_carbon:
+        carbon_methods = sorted({v.carbon.method for v in variants if v.carbon is not None})
+        pue = sorted({v.carbon.pue for v in variants if v.carbon is not None})
+        out.append(
+            f"CO2: gCO2e = J / 3.6e6 × PUE {', '.join(f'{p:g}' for p in pue)} × intensity "
+            f"({', '.join(carbon_methods)})"
+        )
+    if with_pepr:
+        out.append(
+            "PePR-E: accuracy / (1 + energy min-max normalised over these variants); "
+            "report.json has time, memory, CO2 and worst-group variants"
+        )
     out.append(
         "avg bits: parameter-weighted over Conv/Linear weights (unquantized = 32); "
         "packed: b-bit codes + fp32 per-channel scales + other tensors"

@@ -8,8 +8,11 @@ later in the run loses nothing already computed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
+import inspect
+import math
 import os
 import platform
 import sys
@@ -25,6 +28,7 @@ from torch import nn
 from .data.base import GroupDataset, iterate_batches, stratified_split
 from .data.npz import load_npz
 from .data.synthetic import make_synthetic
+from .energy.carbon import CarbonModel
 from .errors import ConfigError
 from .fairness.regularizers import RegularizerSpec, fairness_penalty
 from .fairness.table import GroupConfusion
@@ -80,10 +84,28 @@ def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDatase
 # --- energy --------------------------------------------------------------------------
 
 
+def _construct(cls: type[Any], options: dict[str, Any] | None) -> Any:
+    """``cls(**options)``, passing only the options its constructor accepts by name."""
+    if not options:
+        return cls()
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return cls()
+    return cls(**{k: v for k, v in options.items() if k in params and v is not None})
+
+
 def resolve_meters(
-    names: Sequence[str], pm: FQPluginManager, log: Log = _stderr_log
+    names: Sequence[str],
+    pm: FQPluginManager,
+    log: Log = _stderr_log,
+    options: dict[str, Any] | None = None,
 ) -> list[EnergyMeter]:
-    """Instantiate meters; ``auto`` = first *measured* meter whose probe is ok, else ``cpu_time``."""
+    """Instantiate meters; ``auto`` = first *measured* meter whose probe is ok, else ``cpu_time``.
+
+    :param options: keyword options handed to every meter whose constructor accepts them
+        by name (``country`` for the codecarbon meter).
+    """
     meters: list[EnergyMeter] = []
     for i, name in enumerate(names):
         if name == "auto":
@@ -108,7 +130,7 @@ def resolve_meters(
                 )
             meters.append(chosen)
         else:
-            meter = pm.meters.get(name, key=f"energy.meters[{i}]")()
+            meter = _construct(pm.meters.get(name, key=f"energy.meters[{i}]"), options)
             avail = meter.probe()
             if not avail.ok:
                 raise ConfigError(
@@ -120,42 +142,122 @@ def resolve_meters(
 
 
 class EnergyTracker:
-    """Wraps a phase with every meter; a meter failing mid-run marks its figure missing."""
+    """Wraps a phase with every meter; a meter failing mid-run marks its figure missing.
+
+    Inside :meth:`measure`, :meth:`lap` closes a lap (``stop()`` + ``start()`` on every
+    meter) and returns the energy since the previous lap; the phase's reading adds the laps.
+    Under DDP (an initialized process group) each phase's reading is combined over ranks,
+    one figure per physical device (:func:`fq_plugins.energy.ddp.reduce_reading_across_ranks`).
+    """
 
     def __init__(
         self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log = _stderr_log
     ) -> None:
         self.meters, self.pm, self.log = meters, pm, log
+        self._laps: dict[int, list[EnergyReading]] | None = None
+        self._failed: dict[int, str] = {}
+        self._phase = ""
 
-    def measure(self, phase: str, fn: Callable[[], Any]) -> tuple[Any, dict[str, EnergyReading]]:
-        started = []
+    def _stop(self, m: EnergyMeter, phase: str, t0: float) -> EnergyReading:
+        try:
+            return m.stop()
+        except Exception as exc:
+            self.log(
+                f"energy: meter {m.name!r} failed during {phase}: {exc}; figure marked missing"
+            )
+            return EnergyReading(
+                m.name, time.perf_counter() - t0, missing=f"{type(exc).__name__}: {exc}"
+            )
+
+    def lap(self) -> float:
+        """Joules (all meters) since the phase start or the previous lap; NaN if any failed."""
+        if self._laps is None:
+            raise RuntimeError("EnergyTracker.lap() is only valid inside measure()")
+        total = 0.0
         for m in self.meters:
+            if id(m) in self._failed:
+                total = math.nan
+                continue
+            reading = self._stop(m, self._phase, time.perf_counter())
+            self._laps[id(m)].append(reading)
+            total += reading.total_joules
+            if reading.missing is not None:
+                self._failed[id(m)] = reading.missing
+                continue
             try:
                 m.start()
-                started.append(m)
             except Exception as exc:
+                self._failed[id(m)] = f"failed to restart: {exc}"
+                self.log(
+                    f"energy: meter {m.name!r} failed to restart: {exc}; figure marked missing"
+                )
+        return total
+
+    def measure(self, phase: str, fn: Callable[[], Any]) -> tuple[Any, dict[str, EnergyReading]]:
+        self._phase = phase
+        self._failed = {}
+        self._laps = {}
+        for m in self.meters:
+            self._laps[id(m)] = []
+            try:
+                m.start()
+            except Exception as exc:
+                self._failed[id(m)] = "failed to start"
                 self.log(
                     f"energy: meter {m.name!r} failed to start for {phase}: {exc}; figure marked missing"
                 )
         t0 = time.perf_counter()
-        result = fn()
+        try:
+            result = fn()
+        except BaseException:
+            for m in self.meters:  # leave no meter running (RAPL's sampling thread)
+                if id(m) not in self._failed:
+                    with contextlib.suppress(Exception):
+                        m.stop()
+            self._laps = None
+            raise
+        laps, failed = self._laps, self._failed
+        self._laps = None
         readings: dict[str, EnergyReading] = {}
         for m in self.meters:
-            if m in started:
-                try:
-                    reading = m.stop()
-                except Exception as exc:
-                    self.log(
-                        f"energy: meter {m.name!r} failed during {phase}: {exc}; figure marked missing"
-                    )
-                    reading = EnergyReading(
-                        m.name, time.perf_counter() - t0, missing=f"{type(exc).__name__}: {exc}"
-                    )
-            else:
-                reading = EnergyReading(m.name, time.perf_counter() - t0, missing="failed to start")
+            parts = laps[id(m)]
+            if id(m) not in failed:
+                parts.append(self._stop(m, phase, t0))
+            reading = merge_readings(m.name, parts, failed.get(id(m)), time.perf_counter() - t0)
+            reading = _reduce_across_ranks(reading)
             readings[f"{phase}:{m.name}"] = reading
             self.pm.on_energy_reading(phase, reading)
         return result, readings
+
+
+def merge_readings(
+    meter: str, parts: Sequence[EnergyReading], failure: str | None, seconds: float
+) -> EnergyReading:
+    """One reading from a phase's laps: joules added per domain; missing if any lap was."""
+    reason = failure or next((p.missing for p in parts if p.missing is not None), None)
+    if reason is not None or not parts:
+        return EnergyReading(meter, seconds, missing=reason or "no reading")
+    if len(parts) == 1:
+        return parts[0]
+    joules: dict[str, float] = {}
+    methods: dict[str, str] = {}
+    for p in parts:
+        for dom, j in p.joules.items():
+            joules[dom] = joules.get(dom, 0.0) + j
+            methods[dom] = p.methods.get(dom, "unknown")
+    details = dict(parts[-1].details)
+    details["laps"] = len(parts)
+    return EnergyReading(meter, sum(p.seconds for p in parts), joules, methods, details=details)
+
+
+def _reduce_across_ranks(reading: EnergyReading) -> EnergyReading:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from .energy.ddp import reduce_reading_across_ranks
+
+        return reduce_reading_across_ranks(reading)
+    return reading
 
 
 # --- training and evaluation -----------------------------------------------------------
@@ -176,8 +278,13 @@ def train_model(
     pm: FQPluginManager | None = None,
     phase: str = "train",
     log: Log = _stderr_log,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> None:
-    """AdamW training with CE + λ·fairness regularizer + the session's penalties."""
+    """AdamW training with CE + λ·fairness regularizer + the session's penalties.
+
+    :param on_epoch_end: called with the epoch index (from 0) after each epoch (the run
+        uses it for the first-epoch energy prediction).
+    """
     params: list[dict[str, Any]] | list[nn.Parameter]
     if session is not None:
         params = session.param_groups(model, lr=lr, weight_decay=weight_decay)
@@ -241,6 +348,8 @@ def train_model(
             f"[{phase}] epoch {epoch + 1}/{epochs}  loss {tot_loss / max(seen, 1):.4f}  "
             f"train acc {correct / max(seen, 1):.4f}  {time.perf_counter() - t0:.1f}s"
         )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
 
 
 @torch.no_grad()
@@ -261,9 +370,13 @@ def evaluate(
 
 
 def _metrics(
-    table: GroupConfusion, names: Sequence[str], pm: FQPluginManager
+    table: GroupConfusion,
+    names: Sequence[str],
+    pm: FQPluginManager,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, MetricResult]:
-    return {name: pm.metrics.get(name)().compute(table) for name in names}
+    """Every named metric on ``table``; ``options`` (``undefined``) go to metrics accepting them."""
+    return {name: _construct(pm.metrics.get(name), options).compute(table) for name in names}
 
 
 def _eval_report(
@@ -276,12 +389,16 @@ def _eval_report(
     energy: dict[str, EnergyReading],
     wall: float,
     diff: float | None = None,
+    *,
+    metric_options: dict[str, Any] | None = None,
+    carbon: CarbonModel | None = None,
+    prediction: dict[str, Any] | None = None,
 ) -> EvaluationReport:
     acc = table.group_accuracy()
     present = acc[~torch.isnan(acc)]
     mean_g = float(present.mean()) if present.numel() else float("nan")
     worst = float(present.min()) if present.numel() else float("nan")
-    return EvaluationReport(
+    rep = EvaluationReport(
         variant=variant,
         methods=methods,
         accuracy=table.overall_accuracy(),
@@ -290,12 +407,57 @@ def _eval_report(
         accuracy_gap=mean_g - worst,
         group_accuracy=acc.tolist(),
         group_names=table.group_names,
-        metrics=_metrics(table, metric_names, pm),
+        metrics=_metrics(table, metric_names, pm, metric_options),
         cost=cost,
         energy=energy,
         wall_seconds=wall,
         finalize_max_abs_diff=diff,
+        energy_prediction=prediction or {},
     )
+    if carbon is not None:
+        rep.carbon = carbon.estimate(rep.energy_joules)
+    return rep
+
+
+class _Predictions:
+    """Carbontracker-style prediction: after a training phase's first epoch, the phase's
+    total energy ≈ first-epoch energy × epochs. Logged, and stored per phase."""
+
+    def __init__(self, tracker: EnergyTracker, carbon: CarbonModel | None, log: Log) -> None:
+        self.tracker, self.carbon, self.log = tracker, carbon, log
+        self.by_phase: dict[str, dict[str, Any]] = {}
+
+    def callback(self, phase: str, epochs: int) -> Callable[[int], None]:
+        def after_epoch(epoch: int) -> None:
+            if epoch != 0:
+                return
+            first = self.tracker.lap()
+            predicted = first * epochs
+            entry: dict[str, Any] = {
+                "first_epoch_joules": first,
+                "epochs": epochs,
+                "predicted_joules": predicted,
+                "rule": "first-epoch energy × epochs (carbontracker-style)",
+            }
+            msg = (
+                f"[{phase}] predicted total energy for this phase: {predicted:.1f} J "
+                f"(first epoch {first:.1f} J × {epochs} epochs)"
+            )
+            if self.carbon is not None:
+                entry["predicted_gco2e"] = self.carbon.grams(predicted)
+                msg += f", ≈ {entry['predicted_gco2e']:.3g} gCO2e"
+            self.by_phase[phase] = entry
+            self.log(msg)
+
+        return after_epoch
+
+    def finish(self, phase: str, readings: dict[str, EnergyReading]) -> dict[str, Any]:
+        """The phase's prediction with the measured total added (``{}`` if none was made)."""
+        entry = self.by_phase.get(phase)
+        if entry is None:
+            return {}
+        entry["actual_joules"] = float(sum(r.total_joules for r in readings.values()))
+        return {phase: entry}
 
 
 # --- the pipeline --------------------------------------------------------------------
@@ -348,7 +510,10 @@ def run(
         torch.set_num_threads(recipe.train.threads)
     variants = recipe.variants()  # checks variant names before any work
     train, test = build_datasets(recipe.data, recipe.seed)
-    meters = resolve_meters(recipe.energy.meters, pm, log)
+    carbon = recipe.energy.carbon.model()
+    meters = resolve_meters(
+        recipe.energy.meters, pm, log, {"country": carbon.country if carbon else None}
+    )
     out = output_dir or make_output_dir(recipe.output.dir, recipe.name)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "recipe.yaml"), "w", encoding="utf-8") as f:
@@ -376,6 +541,7 @@ def run(
         f"(test sizes {test.counts()['per_group']}); output {out}"
     )
     tracker = EnergyTracker(meters, pm, log)
+    predictions = _Predictions(tracker, carbon, log)
     example = test.x[:1]
     try:
         model = build_model(
@@ -400,6 +566,7 @@ def run(
                 pm=pm,
                 phase="train",
                 log=log,
+                on_epoch_end=predictions.callback("train", recipe.train.epochs),
             ),
         )
         (table, _), e_eval = tracker.measure("eval:fp32", lambda: evaluate(model, test))
@@ -414,13 +581,18 @@ def run(
             model_cost(model, {}, example_input=example),
             {**e_train, **e_eval},
             time.perf_counter() - t0,
+            metric_options={"undefined": recipe.fairness.undefined},
+            carbon=carbon,
+            prediction=predictions.finish("train", e_train),
         )
         report.variants.append(fp32)
         pm.on_evaluation(fp32)
         report.write(out)
         log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
         for vname, methods in variants.items():
-            rep = _run_variant(vname, methods, model, train, test, recipe, pm, tracker, log)
+            rep = _run_variant(
+                vname, methods, model, train, test, recipe, pm, tracker, log, carbon, predictions
+            )
             report.variants.append(rep)
             if any(lc.quantized for lc in rep.cost.layers):
                 png = plot_layer_bits(rep.cost, os.path.join(out, f"bits-{vname}.png"), vname)
@@ -452,6 +624,8 @@ def _run_variant(
     pm: FQPluginManager,
     tracker: EnergyTracker,
     log: Log,
+    carbon: CarbonModel | None = None,
+    predictions: _Predictions | None = None,
 ) -> EvaluationReport:
     t0 = time.perf_counter()
     model = copy.deepcopy(fp32_model)
@@ -487,6 +661,7 @@ def _run_variant(
             pm=pm,
             phase=phase,
             log=log,
+            on_epoch_end=predictions.callback(phase, epochs) if predictions else None,
         ),
     )
     _, fake_logits = evaluate(model, test)
@@ -511,6 +686,9 @@ def _run_variant(
         {**e_ft, **e_eval},
         time.perf_counter() - t0,
         diff,
+        metric_options={"undefined": recipe.fairness.undefined},
+        carbon=carbon,
+        prediction=predictions.finish(phase, e_ft) if predictions else None,
     )
     log(
         f"[{vname}] acc {rep.accuracy:.4f}  worst-group {rep.worst_group_accuracy:.4f}  "

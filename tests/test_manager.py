@@ -46,7 +46,7 @@ def on_path(monkeypatch):
 def test_builtins_register_every_family(pm):
     assert pm.compressors.names() == ["uniform"]
     assert set(pm.metrics.names()) >= {"group_accuracy", "worst_group_accuracy", "accuracy_gap"}
-    assert pm.meters.names() == ["cpu_time"]
+    assert pm.meters.names() == ["codecarbon", "cpu_time", "nvml", "rapl"]
     assert pm.selectors.names() == ["random"]
     names = {i.name for i in pm.plugin_infos()}
     assert set(DEFAULT_PLUGINS) <= names
