@@ -8,9 +8,13 @@ the gradient to bits and dead-zones.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+from torch.nn.utils import parametrize
 
 __all__ = [
+    "bake_weight_parametrizations",
     "channel_absmax",
     "clamp_ste",
     "levels",
@@ -153,3 +157,14 @@ def symmetric_fake_quant(
         return _ReplaceSTE.apply(w, q * s)
     s = _scale(w.detach(), q_max, per_channel)
     return _SymmetricFakeQuantSTE.apply(w, s, q_max.expand_as(s) if q_max.dim() else q_max)
+
+
+def bake_weight_parametrizations(modules: Iterable[tuple[str, torch.nn.Module]]) -> None:
+    """Replace each module's parametrized ``weight`` by its current value (a plain Parameter).
+
+    ``remove_parametrizations`` bakes the whole chain on the tensor (e.g. a pruning mask
+    attached by an earlier method, then a quantizer) into one weight: outputs are unchanged.
+    """
+    for _, mod in modules:
+        if parametrize.is_parametrized(mod, "weight"):
+            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)

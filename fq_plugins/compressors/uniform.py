@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
 from ..targets import MODULE_TYPES
-from .ops import symmetric_fake_quant
+from .ops import bake_weight_parametrizations, symmetric_fake_quant
 
 __all__ = ["SymmetricWeightQuant", "UniformCompressor", "UniformConfig", "weight_params_total"]
 
@@ -138,11 +138,7 @@ class UniformCompressor(Compressor):
         )
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        # remove_parametrizations bakes the whole chain on the tensor (e.g. a pruning mask
-        # attached earlier, then this quantizer) into one plain weight: same values.
-        for _, mod in self.attached:
-            if parametrize.is_parametrized(mod, "weight"):
-                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+        bake_weight_parametrizations(self.attached)
         return model
 
 

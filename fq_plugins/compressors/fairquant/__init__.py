@@ -28,6 +28,7 @@ from ..._markers import hookimpl
 from ...errors import ConfigError
 from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
+from ..ops import bake_weight_parametrizations
 from ..uniform import SymmetricWeightQuant, weight_params_total
 from .allocation import Allocation, allocate_bits, check_levels
 from .baq import LearnableBitQuant
@@ -378,9 +379,7 @@ class FairQuantCompressor(Compressor):
                 "fairquant: bits were over budget at finalize and were projected; "
                 "outputs differ from the last fake-quantized evaluation"
             )
-        for _, mod in self.attached:
-            if parametrize.is_parametrized(mod, "weight"):
-                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+        bake_weight_parametrizations(self.attached)
         return model
 
 

@@ -198,7 +198,9 @@ def _solve_milp(names, sizes, s, n, levels, avg_bits, untargeted, max_bits, time
     cap = np.full(m, lv[-1])
     if ub_bits is not None:
         upper = (lv[None, :] <= ub_bits[:, None] + 1e-9).astype(float).ravel()
-        cap = np.array([lv[lv <= b + 1e-9].max() if (lv <= b + 1e-9).any() else lv[0] for b in ub_bits])
+        cap = np.array(
+            [lv[lv <= b + 1e-9].max() if (lv <= b + 1e-9).any() else lv[0] for b in ub_bits]
+        )
     # "Met exactly": spend the budget up to one level step of the largest unit. Raising any
     # unit one level from a solution below this bound stays within budget, so the bound is
     # always feasible; without it, near-zero costs let the solver stop short of the budget.

@@ -51,8 +51,14 @@ class _BAQElementwise(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, half_d: torch.Tensor, delta: torch.Tensor, m: torch.Tensor,
-                deadzone: bool) -> torch.Tensor:
+    def forward(
+        ctx,
+        w: torch.Tensor,
+        half_d: torch.Tensor,
+        delta: torch.Tensor,
+        m: torch.Tensor,
+        deadzone: bool,
+    ) -> torch.Tensor:
         aw = w.abs()
         q = torch.minimum(((aw - half_d) / delta).clamp_(min=0.0), m).round_()
         out = torch.copysign(q.mul_(delta).add_(half_d), w)
@@ -77,14 +83,14 @@ class _BAQElementwise(torch.autograd.Function):
         return grad_w, None, grad_delta, None, None
 
 
-def baq_fake_quant(
+def _channel_terms(
     w: torch.Tensor,
     bit_logit: torch.Tensor,
     dz_logit: torch.Tensor | None,
     b_min: float,
     b_max: float,
-) -> torch.Tensor:
-    """The BAQ quantizer above; ``bit_logit`` and ``dz_logit`` have one entry per channel."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel ``(d/2, Δ, M)``, broadcastable against ``w``; differentiable in the logits."""
     shape = (-1,) + (1,) * (w.dim() - 1)
     a = channel_absmax(w)  # detached
     b = round_ste(logit_to_bits(bit_logit, b_min, b_max)).reshape(shape)
@@ -94,6 +100,18 @@ def baq_fake_quant(
     else:
         half_d = torch.zeros_like(a)
     delta = (a - half_d).clamp_min(1e-12) / m.clamp_min(1.0)
+    return half_d, delta, m
+
+
+def baq_fake_quant(
+    w: torch.Tensor,
+    bit_logit: torch.Tensor,
+    dz_logit: torch.Tensor | None,
+    b_min: float,
+    b_max: float,
+) -> torch.Tensor:
+    """The BAQ quantizer above; ``bit_logit`` and ``dz_logit`` have one entry per channel."""
+    half_d, delta, m = _channel_terms(w, bit_logit, dz_logit, b_min, b_max)
     return _BAQElementwise.apply(w, half_d, delta, m.detach(), dz_logit is not None)
 
 
@@ -105,15 +123,7 @@ def baq_fake_quant_reference(
     b_max: float,
 ) -> torch.Tensor:
     """The same quantizer composed from per-op STEs (slow; the tests' oracle)."""
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    a = channel_absmax(w)
-    b = round_ste(logit_to_bits(bit_logit, b_min, b_max)).reshape(shape)
-    m = torch.pow(2.0, b - 1.0) - 1.0
-    if dz_logit is not None:
-        half_d = a * (1.0 - torch.tanh(dz_logit).abs().reshape(shape))
-    else:
-        half_d = torch.zeros_like(a)
-    delta = (a - half_d).clamp_min(1e-12) / m.clamp_min(1.0)
+    half_d, delta, m = _channel_terms(w, bit_logit, dz_logit, b_min, b_max)
     mag = w.abs()
     q = round_ste(clamp_ste((mag - half_d) / delta, 0.0, m.detach()))
     out = torch.sign(w) * (q * delta + half_d)
