@@ -69,7 +69,7 @@ class _BAQElementwise(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def]
+    def backward(ctx, grad: torch.Tensor):
         w, half_d, delta, m = ctx.saved_tensors
         aw = w.abs()
         u = (aw - half_d) / delta
