@@ -30,6 +30,9 @@ class ConfigError(FQError, ValueError):
     ``key`` is the dotted key path (``compress[0].bits``) when the error is about a recipe key.
     """
 
+    located: bool = False
+    """True when ``message`` already names its key paths (several errors in one)."""
+
     def __init__(self, message: str, *, key: str | None = None) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)

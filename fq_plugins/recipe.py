@@ -292,7 +292,9 @@ def validate_method_config(item: Any, pm: FQPluginManager, *, key: str) -> Metho
     try:
         return cls.Config.model_validate(item)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, cls.Config, prefix=key)) from None
+        err = ConfigError(_format_errors(exc, cls.Config, prefix=key))
+        err.located = True  # the message already names the key paths
+        raise err from None
 
 
 # --- error formatting ----------------------------------------------------------------
@@ -343,8 +345,9 @@ def _config_error(err: Any) -> ConfigError | None:
 def _raise_validation(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> None:
     """Re-raise a lone ConfigError as itself (keeps UnknownPluginError); else format all."""
     errs = exc.errors(include_url=False)
-    if len(errs) == 1 and _config_error(errs[0]) is not None:
-        raise _config_error(errs[0]) from None  # type: ignore[misc]
+    inner = _config_error(errs[0]) if len(errs) == 1 else None
+    if inner is not None and (inner.key is not None or getattr(inner, "located", False)):
+        raise inner from None  # keeps its type (e.g. UnknownPluginError) and key path
     raise ConfigError(_format_errors(exc, model, prefix)) from None
 
 
@@ -362,8 +365,9 @@ def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "
                 f"{where}: unknown key {loc[-1]!r}. Allowed keys here: {', '.join(allowed)}."
                 + (f" Did you mean {hint}?" if hint else "")
             )
-        elif isinstance(_config_error(err), ConfigError):
-            lines.append(str(_config_error(err)))
+        elif (inner := _config_error(err)) is not None:
+            located = inner.key is not None or getattr(inner, "located", False)
+            lines.append(str(inner) if located else f"{where}: {inner}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"

@@ -120,6 +120,12 @@ def test_json_output_and_quiet(tmp_path):
             "avg_bits 0.5 cannot be met",
         ),
         ({"fairness": {"metrics": ["worst"]}}, "unknown fairness metric 'worst'"),
+        ({"compress": [{"method": "fairquant", "budget": {"levels": {2: 0.5, 8: 0.6}}}]},
+         "compress[0].budget: fractions must be ≥ 0 and sum to 1; got [0.5, 0.6]"),
+        ({"compress": [{"method": "fairquant", "budget": {"levels": {2: 0.5, 17: 0.5}}}]},
+         "compress[0].budget: bit levels must be integers in 1–16; got [17]"),
+        ({"compress": [{"method": "fairquant", "mode": "baq", "budget": {"avg_bits": 1.5}}]},
+         "compress[0].budget.avg_bits: avg_bits 1.5 cannot be met"),
         (
             {
                 "data": {
