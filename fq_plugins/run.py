@@ -441,7 +441,7 @@ class _Predictions:
             }
             msg = (
                 f"[{phase}] predicted total energy for this phase: {predicted:.1f} J "
-                f"(first epoch {first:.1f} J × {epochs} epochs)"
+                f"(first epoch {first:.1f} J × {epochs} epoch{'s' if epochs != 1 else ''})"
             )
             if self.carbon is not None:
                 entry["predicted_gco2e"] = self.carbon.grams(predicted)

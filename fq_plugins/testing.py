@@ -16,6 +16,7 @@ pytest collects the inherited ``test_*`` methods. Override ``make_model``,
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 from typing import Any, ClassVar
@@ -218,6 +219,18 @@ class FairnessMetricContract:
         t = _random_table()
         t.counts[1] = 0
         self.metric_cls().compute(t)
+
+    def test_undefined_option(self) -> None:
+        """Metrics taking ``undefined`` accept nan / zero / skip and reject anything else."""
+        if "undefined" not in inspect.signature(self.metric_cls).parameters:
+            pytest.skip("metric takes no `undefined` option")
+        t = _random_table()
+        t.counts[1, 2] = 0  # group 1 has no example of class 2: some rates are undefined
+        for policy in ("nan", "zero", "skip"):
+            r = self.metric_cls(undefined=policy).compute(t)  # type: ignore[call-arg]
+            json.dumps(r.to_dict(), allow_nan=False)
+        with pytest.raises(ConfigError):
+            self.metric_cls(undefined="sometimes")  # type: ignore[call-arg]
 
 
 class EnergyMeterContract:
