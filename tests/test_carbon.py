@@ -14,6 +14,7 @@ from fq_plugins.energy.carbon import CarbonModel, joules_to_kwh, lookup_country
 from fq_plugins.energy.codecarbon_meter import CodecarbonMeter
 from fq_plugins.errors import ConfigError
 from fq_plugins.recipe import load_recipe
+from fq_plugins.testing import EnergyMeterContract
 
 from .conftest import TINY
 
@@ -190,3 +191,61 @@ def test_run_reports_carbon_pepr_and_prediction(tmp_path, pm):
     assert "worst_group_accuracy" in data["pepr"]
     table = logs[-1]
     assert "CO2 g" in table and "PePR-E" in table and "country:DNK" in table
+
+
+class TestCodecarbonContract(EnergyMeterContract):
+    """The meter contract, with the fake codecarbon module standing in."""
+
+    meter_cls = CodecarbonMeter
+
+    @pytest.fixture(autouse=True)
+    def _fake(self, fake_codecarbon):
+        pass
+
+    def make_meter(self):
+        return CodecarbonMeter("NOR")
+
+
+def test_meter_failing_mid_run_loses_nothing_else(tmp_path, pm):
+    """A meter that fails during one phase: the run finishes, that phase's figure (and the
+    variant's energy and CO2) is missing with the reason logged, everything else is kept."""
+    from fq_plugins import hookimpl
+    from fq_plugins.energy.estimate import CpuTimeMeter
+    from fq_plugins.run import run
+
+    class Flaky(CpuTimeMeter):
+        name = "flaky"
+        description = "fails on its third stop()"
+        stops = 0
+
+        def stop(self):
+            type(self).stops += 1
+            if type(self).stops == 3:  # train: lap + stop; the third is eval:fp32
+                raise OSError("counter vanished")
+            return super().stop()
+
+    class Plugin:
+        @hookimpl
+        def fq_register_energy_meters(self, register):
+            register(Flaky)
+
+    pm.pm.register(Plugin(), name="flaky-plugin")
+    spec = {**TINY, "energy": {"meters": ["flaky"], "carbon": {"intensity_g_per_kwh": 100}}}
+    logs: list[str] = []
+    report, _ = run(
+        load_recipe(spec, plugin_manager=pm),
+        plugin_manager=pm,
+        output_dir=str(tmp_path / "r"),
+        log=logs.append,
+    )
+    assert report.status == "ok"
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    fp32, q4 = data["variants"]
+    assert fp32["energy"]["eval:fp32:flaky"]["missing"] == "OSError: counter vanished"
+    assert fp32["energy"]["train:flaky"]["missing"] is None
+    assert fp32["energy_joules"] is None and fp32["carbon"]["grams"] is None
+    assert fp32["accuracy"] > 0 and fp32["metrics"]  # nothing else lost
+    assert q4["energy_joules"] > 0 and q4["carbon"]["grams"] > 0
+    assert data["pepr"]["accuracy"]["energy"]["fp32"] is None
+    assert any("meter 'flaky' failed during eval:fp32: counter vanished" in s for s in logs)
+    assert "missing" in logs[-1]  # the printed table
