@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -102,9 +102,9 @@ class MeanGroupAccuracy(GroupAccuracy):
 class _PerClass(RateMetric):
     """Per class: a spread over groups of one or two one-vs-rest rates."""
 
-    kind: ClassVar[str] = "diff"  # "diff" (max − min) or "ratio" (min / max)
-    rates: ClassVar[tuple[str, ...]] = ("selection",)
-    combine: ClassVar[str] = "single"  # "single" | "max" | "min" | "sum"
+    kind: ClassVar[Literal["diff", "ratio"]] = "diff"  # max − min, or min / max
+    rates: ClassVar[tuple[str, ...]] = ("selection",)  # fields of ClassRates
+    combine: ClassVar[Literal["single", "max", "min", "sum"]] = "single"
 
     def per_class(self, table: GroupConfusion) -> tuple[torch.Tensor, dict[str, Any]]:
         """``[C]`` per-class values and the per-group rates behind them."""
@@ -113,7 +113,7 @@ class _PerClass(RateMetric):
         shown: dict[str, Any] = {}
         for name in self.rates:
             rate = getattr(r, name)
-            spreads.append(group_spread(rate, r.present, self.undefined, kind=self.kind))  # type: ignore[arg-type]
+            spreads.append(group_spread(rate, r.present, self.undefined, kind=self.kind))
             shown[f"{name}_by_group"] = [_floats(row) for row in rate]
         if self.combine == "single":
             val = spreads[0]
