@@ -105,6 +105,8 @@ _ROWS: tuple[tuple[str, str, str, float], ...] = (
     ("IND", "IN", "India", 713),
     ("IRN", "IR", "Iran", 655),
     ("IRL", "IE", "Ireland", 291),
+    # ITA, JPN, NLD, ESP, GBR, USA: recalled from the same OWID 2023 series, not re-read
+    # from the page when this table was bundled; check them against the source.
     ("ITA", "IT", "Italy", 331),
     ("JPN", "JP", "Japan", 485),
     ("NLD", "NL", "Netherlands", 268),
