@@ -54,6 +54,9 @@ _LAZY = {
     "group_importance": ".compressors.fairquant",
     "allocate_bits": ".compressors.fairquant",
     "run": ".run",
+    "co2st_estimate": ".energy.co2st",
+    "CarbonModel": ".energy.carbon",
+    "pepr": ".energy.pepr",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
