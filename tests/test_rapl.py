@@ -29,7 +29,11 @@ def zone(root: Path, name: str, label: str, energy: int, max_range: int = MAX) -
 
 
 def set_uj(root: Path, name: str, value: int) -> None:
-    (root / name / "energy_uj").write_text(f"{value}\n")
+    # Atomic replace: the meter's sampling thread may read while we write, and a plain
+    # write_text truncates first (sysfs itself never shows an empty counter).
+    tmp = root / name / "energy_uj.tmp"
+    tmp.write_text(f"{value}\n")
+    os.replace(tmp, root / name / "energy_uj")
 
 
 @pytest.fixture
