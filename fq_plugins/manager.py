@@ -41,6 +41,7 @@ __all__ = ["DEFAULT_PLUGINS", "FQPluginManager", "PluginInfo", "get_plugin_manag
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "fq_plugins.compressors.uniform",
     "fq_plugins.compressors.fairquant",
+    "fq_plugins.compressors.codeq",
     "fq_plugins.fairness.metrics",
     "fq_plugins.fairness.suite",
     "fq_plugins.energy.estimate",

@@ -45,6 +45,7 @@ class CompressionSession:
         self.attached = False
         self.finalized = False
         self._final_bits: dict[str, torch.Tensor] | None = None
+        self._final_stats: list[CompressionStats] | None = None
 
     @classmethod
     def from_configs(
@@ -132,15 +133,33 @@ class CompressionSession:
                     bits[name] = layer.bits
         return bits
 
+    def act_bits(self) -> float:
+        """Activation bits for BOPs: the lowest any method fake-quantizes to, else 32."""
+        found = [
+            float(b)
+            for st in (self._final_stats or self.stats())
+            if (b := st.extra.get("act_bits")) is not None
+        ]
+        return min(found) if found else 32.0
+
     def cost(
-        self, model: nn.Module, example_input: torch.Tensor | None = None, *, act_bits: float = 32.0
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor | None = None,
+        *,
+        act_bits: float | None = None,
     ) -> ModelCost:
-        """Bits, sparsity, packed size and BOPs of ``model`` (see :mod:`fq_plugins.accounting`)."""
-        return model_cost(model, self.bit_widths(), example_input=example_input, act_bits=act_bits)
+        """Bits, sparsity, packed size and BOPs of ``model`` (see :mod:`fq_plugins.accounting`).
+
+        ``act_bits`` defaults to :meth:`act_bits` (32 = the weights-only convention).
+        """
+        a = self.act_bits() if act_bits is None else act_bits
+        return model_cost(model, self.bit_widths(), example_input=example_input, act_bits=a)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """Bake every method in (attach order); returns a plain model with the same outputs."""
         self._final_bits = self.bit_widths()
+        self._final_stats = self.stats()
         for m in self.methods:
             model = m.finalize(model)
         self.finalized = True

@@ -18,6 +18,7 @@ __all__ = [
     "channel_absmax",
     "clamp_ste",
     "levels",
+    "relu_ste",
     "round_ste",
     "symmetric_fake_quant",
     "symmetric_quant_codes",
@@ -63,6 +64,21 @@ def clamp_ste(x: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | floa
     lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
     hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
     return _ClampSTE.apply(x, lo_t, hi_t)
+
+
+class _ReluSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def relu_ste(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x)`` forward, identity backward."""
+    return _ReluSTE.apply(x)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
