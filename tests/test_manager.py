@@ -44,7 +44,7 @@ def on_path(monkeypatch):
 
 
 def test_builtins_register_every_family(pm):
-    assert pm.compressors.names() == ["codeq", "fairquant", "uniform"]
+    assert pm.compressors.names() == ["codeq", "fairquant", "momos", "uniform"]
     assert set(pm.metrics.names()) >= {"group_accuracy", "worst_group_accuracy", "accuracy_gap"}
     assert pm.meters.names() == ["codecarbon", "cpu_time", "nvml", "rapl"]
     assert pm.selectors.names() == ["random"]
@@ -188,7 +188,7 @@ def test_registration_hook_that_raises_is_reported(tmp_path, on_path):
         )
     )
     pm = get_plugin_manager()
-    assert pm.compressors.names() == ["codeq", "fairquant", "uniform"]
+    assert pm.compressors.names() == ["codeq", "fairquant", "momos", "uniform"]
     assert (
         "boom" in str(pm.load_errors[0]) and pm.load_errors[0].distribution == "fq-plugins-raises"
     )

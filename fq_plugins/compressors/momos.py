@@ -1,0 +1,259 @@
+"""MoMos (Mosaic-of-Motifs): weights as a mosaic of k motifs.
+
+The targeted weights are flattened, zero-padded to a multiple of the block size ``s`` and
+pooled into ``N`` blocks. A projection replaces every block by its nearest motif
+(Euclidean) from ``{zero block} ∪ {k − 1 blocks sampled uniformly without replacement from
+the current blocks}`` — resampled at each projection, not k-means. Training steps are
+ordinary (no STE); one hard projection runs at attach and at the end of every epoch, so the
+model is always post-projection when it is evaluated or finalized. Nearest motifs are found
+in chunks so memory stays bounded (``max_chunk_elements``) for models of tens of millions
+of parameters. Optional per-tensor symmetric fake-quantization at ``quant_bits``.
+
+``k`` is given directly or as ``capacity``: ``k = max(1, min(int(capacity·N), N))``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import math
+from collections.abc import Sequence
+from typing import Any, cast
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .._markers import hookimpl
+from ..errors import ConfigError
+from ..hookspecs import RegisterFn
+from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
+from .ops import bake_weight_parametrizations
+from .uniform import SymmetricWeightQuant
+
+__all__ = ["MoMosCompressor", "MoMosConfig", "complexity_report", "nearest_motif", "project_blocks"]
+
+
+def nearest_motif(
+    blocks: torch.Tensor, motifs: torch.Tensor, *, max_chunk_elements: int = 1 << 24
+) -> torch.Tensor:
+    """Index of the nearest motif (squared Euclidean) for each row of ``blocks``.
+
+    ``blocks`` (N, s), ``motifs`` (k, s). Distances are computed for chunks of rows so the
+    (chunk × k) distance matrix never exceeds ``max_chunk_elements`` entries. Ties go to
+    the lowest motif index (the zero motif is index 0).
+    """
+    k = motifs.shape[0]
+    chunk = max(1, max_chunk_elements // max(k, 1))
+    m_sq = (motifs * motifs).sum(dim=1)
+    out = torch.empty(blocks.shape[0], dtype=torch.long)
+    for i in range(0, blocks.shape[0], chunk):
+        b = blocks[i : i + chunk]
+        # |b − m|² = |b|² − 2 b·m + |m|²; |b|² is constant per row, so argmin ignores it
+        d = m_sq.unsqueeze(0) - 2.0 * (b @ motifs.T)
+        out[i : i + chunk] = d.argmin(dim=1)
+    return out
+
+
+def project_blocks(
+    flat: torch.Tensor,
+    s: int,
+    k: int,
+    gen: torch.Generator,
+    *,
+    zero_motif: bool = True,
+    max_chunk_elements: int = 1 << 24,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project a flat weight vector onto ``k`` motifs of size ``s``.
+
+    Returns ``(projected flat vector (same length), motifs (k, s), index per block (N,))``.
+    """
+    n = flat.numel()
+    n_blocks = math.ceil(n / s)
+    padded = torch.zeros(n_blocks * s, dtype=flat.dtype)
+    padded[:n] = flat
+    blocks = padded.reshape(n_blocks, s)
+    n_sampled = k - 1 if zero_motif else k
+    pick = torch.randperm(n_blocks, generator=gen)[:n_sampled]
+    motifs = blocks[pick].clone()
+    if zero_motif:
+        motifs = torch.cat([torch.zeros(1, s, dtype=flat.dtype), motifs])
+    idx = nearest_motif(blocks, motifs, max_chunk_elements=max_chunk_elements)
+    return motifs[idx].reshape(-1)[:n], motifs, idx
+
+
+def _ratio(raw: bytes, codec: str) -> float:
+    if codec == "gzip":
+        packed = gzip.compress(raw, compresslevel=9, mtime=0)
+    elif codec == "bz2":
+        packed = bz2.compress(raw, 9)
+    else:
+        packed = lzma.compress(raw, preset=9)
+    return len(raw) / len(packed)
+
+
+def complexity_report(weights: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """Compression ratios (raw/compressed) of the weights' float32 bytes and of their
+    sign-binarized form under gzip (9, mtime 0), bz2 (9) and lzma (preset 9); sparsity."""
+    flat = torch.cat([w.detach().float().flatten() for w in weights])
+    raw = flat.numpy().tobytes()
+    signs = torch.sign(flat).to(torch.int8).numpy().tobytes()
+    out: dict[str, Any] = {"sparsity": float((flat == 0).float().mean())}
+    for codec in ("gzip", "bz2", "lzma"):
+        out[f"{codec}_float32"] = _ratio(raw, codec)
+        out[f"{codec}_sign"] = _ratio(signs, codec)
+    return out
+
+
+class MoMosConfig(MethodConfig):
+    """``method: momos``: block size ``s`` and ``k`` motifs (or ``capacity``)."""
+
+    block_size: int = Field(4, description="Block size s (> 0).")
+    k: int | None = Field(None, description="Number of motifs; or give capacity.")
+    capacity: float | None = Field(
+        None, description="k = max(1, min(int(capacity·N), N)); in (0, 1]."
+    )
+    zero_motif: bool = True
+    quant_bits: int | None = Field(None, ge=1, le=16, description="Optional per-tensor fake-quant.")
+    seed: int = 0
+    max_chunk_elements: int = Field(1 << 24, ge=1024)
+
+    @model_validator(mode="after")
+    def _check(self) -> MoMosConfig:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be > 0; got {self.block_size}")
+        if self.k is None and self.capacity is None:
+            self.capacity = 0.01
+        if self.k is not None and self.capacity is not None:
+            raise ValueError("give either k or capacity, not both")
+        if self.capacity is not None and not 0.0 < self.capacity <= 1.0:
+            raise ValueError(f"capacity must lie in (0, 1]; got {self.capacity}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be ≥ 1; got {self.k}")
+        return self
+
+
+class MoMosCompressor(Compressor):
+    """MoMos: the targeted weights become a mosaic of k motifs of s weights."""
+
+    name = "momos"
+    description = "MoMos: weights as a mosaic of k motifs (block size s), projected every epoch."
+    Config = MoMosConfig
+    config: MoMosConfig
+
+    def __init__(self, config: MethodConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._projections = 0
+        self.last: dict[str, Any] = {}
+
+    def attach(
+        self,
+        model: nn.Module,
+        targets: Sequence[tuple[str, nn.Module]],
+        context: AttachContext | None = None,
+    ) -> None:
+        self.attached = list(targets)
+        n = sum(self._raw(m).numel() for _, m in targets)
+        n_blocks = math.ceil(n / self.config.block_size)
+        if self.config.k is not None:
+            if self.config.k > n_blocks:
+                raise ConfigError(
+                    f"k = {self.config.k} is larger than the number of blocks N = {n_blocks} "
+                    f"({n} weights / block size {self.config.block_size}); use k ≤ {n_blocks}",
+                    key="k",
+                )
+            self.k = self.config.k
+        else:
+            assert self.config.capacity is not None
+            self.k = max(1, min(int(self.config.capacity * n_blocks), n_blocks))
+        self.n_blocks = n_blocks
+        if self.config.quant_bits is not None:
+            for _, mod in targets:
+                parametrize.register_parametrization(
+                    mod,
+                    "weight",
+                    SymmetricWeightQuant(
+                        torch.tensor([float(self.config.quant_bits)]), per_channel=False
+                    ),
+                )
+        self.project()
+
+    @staticmethod
+    def _raw(mod: nn.Module) -> torch.Tensor:
+        """The trainable weight (the parametrization's original when fake-quantized)."""
+        if parametrize.is_parametrized(mod, "weight"):
+            return cast(torch.Tensor, cast(Any, mod).parametrizations.weight.original)
+        return cast(torch.Tensor, mod.weight)
+
+    @torch.no_grad()
+    def project(self) -> dict[str, Any]:
+        """One hard projection of all targeted weights; returns distortion and usage."""
+        raws = [self._raw(m) for _, m in self.attached]
+        flat = torch.cat([r.detach().float().flatten().cpu() for r in raws])
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self._projections)
+        proj, motifs, idx = project_blocks(
+            flat,
+            self.config.block_size,
+            self.k,
+            gen,
+            zero_motif=self.config.zero_motif,
+            max_chunk_elements=self.config.max_chunk_elements,
+        )
+        offset = 0
+        for r in raws:
+            n = r.numel()
+            r.copy_(proj[offset : offset + n].reshape(r.shape).to(r.dtype))
+            offset += n
+        usage = torch.bincount(idx, minlength=motifs.shape[0])
+        self._projections += 1
+        self.last = {
+            "distortion": float(((flat - proj) ** 2).sum()),
+            "changed_weights": int((flat != proj).sum()),
+            "motifs_used": int((usage > 0).sum()),
+            "zero_motif_share": float(usage[0]) / max(1, idx.numel())
+            if self.config.zero_motif
+            else 0.0,
+            "projections": self._projections,
+        }
+        self.motifs, self.indices = motifs, idx
+        return self.last
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.project()
+
+    def compact_bytes(self) -> int:
+        """Bytes of the compact form: k float32 motifs + ⌈log₂ k⌉ bits per block."""
+        bits = max(1, math.ceil(math.log2(self.k))) if self.k > 1 else 0
+        return self.k * self.config.block_size * 4 + math.ceil(self.n_blocks * bits / 8)
+
+    def stats(self) -> CompressionStats:
+        layers: dict[str, LayerStats] = {}
+        if self.config.quant_bits is not None:
+            for name, mod in self.attached:
+                c = int(cast(torch.Tensor, mod.weight).shape[0])
+                layers[name] = LayerStats(bits=torch.full((c,), float(self.config.quant_bits)))
+        extra: dict[str, Any] = {
+            "k": self.k,
+            "n_blocks": self.n_blocks,
+            "block_size": self.config.block_size,
+            "compact_bytes": self.compact_bytes(),
+            **self.last,
+        }
+        if self.n_blocks * self.config.block_size <= 1_000_000:  # lzma-9 on more is slow
+            extra["complexity"] = self.complexity()
+        return CompressionStats(method=self.name, layers=layers, extra=extra)
+
+    def complexity(self) -> dict[str, Any]:
+        """:func:`complexity_report` of the targeted (effective) weights."""
+        return complexity_report([cast(torch.Tensor, m.weight) for _, m in self.attached])
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        bake_weight_parametrizations(self.attached)
+        return model
+
+
+@hookimpl
+def fq_register_compressors(register: RegisterFn) -> None:
+    register(MoMosCompressor)
