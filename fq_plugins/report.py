@@ -45,6 +45,8 @@ class EvaluationReport:
     wall_seconds: float
     finalize_max_abs_diff: float | None = None
     carbon: CarbonEstimate | None = None
+    checkpoint: dict[str, Any] | None = None
+    """The saved model file: path, file_bytes, packed_layers, float_layers."""
     energy_prediction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
@@ -76,6 +78,7 @@ class EvaluationReport:
                 "carbon": self.carbon.to_dict() if self.carbon is not None else None,
                 "wall_seconds": self.wall_seconds,
                 "finalize_max_abs_diff": self.finalize_max_abs_diff,
+                "checkpoint": self.checkpoint,
             }
         )
 

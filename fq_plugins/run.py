@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import inspect
 import math
@@ -39,6 +40,7 @@ from .protocols import AttachContext, EnergyMeter, EnergyReading, MethodConfig, 
 from .recipe import DataSpec, Recipe
 from .report import EvaluationReport, RunReport, format_table
 from .session import CompressionSession
+from .storage import save_compressed
 
 __all__ = ["EnergyTracker", "build_datasets", "evaluate", "resolve_meters", "run", "train_model"]
 
@@ -585,13 +587,27 @@ def run(
             carbon=carbon,
             prediction=predictions.finish("train", e_train),
         )
+        fp32_path = os.path.join(out, "fp32.pt")
+        torch.save(model.state_dict(), fp32_path)
+        fp32.checkpoint = {"path": fp32_path, "file_bytes": os.path.getsize(fp32_path)}
         report.variants.append(fp32)
         pm.on_evaluation(fp32)
         report.write(out)
         log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
         for vname, methods in variants.items():
             rep = _run_variant(
-                vname, methods, model, train, test, recipe, pm, tracker, log, carbon, predictions
+                vname,
+                methods,
+                model,
+                train,
+                test,
+                recipe,
+                pm,
+                tracker,
+                log,
+                carbon,
+                predictions,
+                out=out,
             )
             report.variants.append(rep)
             if any(lc.quantized for lc in rep.cost.layers):
@@ -626,6 +642,8 @@ def _run_variant(
     log: Log,
     carbon: CarbonModel | None = None,
     predictions: _Predictions | None = None,
+    *,
+    out: str | None = None,
 ) -> EvaluationReport:
     t0 = time.perf_counter()
     model = copy.deepcopy(fp32_model)
@@ -690,6 +708,13 @@ def _run_variant(
         carbon=carbon,
         prediction=predictions.finish(phase, e_ft) if predictions else None,
     )
+    if out is not None:
+        saved = save_compressed(final, session.bit_widths(), os.path.join(out, f"{vname}.fqz"))
+        rep.checkpoint = dataclasses.asdict(saved)
+        if saved.float_layers:
+            log(
+                f"note: [{vname}] layers stored as float32 (codes not recoverable): {saved.float_layers}"
+            )
     log(
         f"[{vname}] acc {rep.accuracy:.4f}  worst-group {rep.worst_group_accuracy:.4f}  "
         f"avg bits {cost.avg_bits_param:.2f}"

@@ -39,6 +39,14 @@ def test_tiny_run_report(pm, tmp_path):
         assert math.isfinite(v.energy_joules) and v.energy_method.startswith("estimated:")
         assert set(v.metrics) == {"group_accuracy", "worst_group_accuracy", "accuracy_gap"}
     assert (tmp_path / "o" / "recipe.yaml").exists()
+    # each compressed variant is saved as packed codes that load back bit-identically
+    from fq_plugins.models import build_model
+    from fq_plugins.storage import load_compressed
+
+    ck = data["variants"][1]["checkpoint"]
+    assert ck["float_layers"] == [] and ck["file_bytes"] < data["variants"][0]["checkpoint"]["file_bytes"]
+    m = build_model("small_cnn", in_channels=3, image_size=8, n_classes=4, width=4)
+    load_compressed(ck["path"], m)
     assert load_recipe(str(tmp_path / "o" / "recipe.yaml"), plugin_manager=pm) == recipe
 
 

@@ -1,0 +1,200 @@
+"""Compressed checkpoints whose file size reflects the bits.
+
+``save_compressed(model, bits, path)`` stores every quantized Conv/Linear weight as packed
+integer codes (sub-byte, LSB-first bit packing) plus float32 per-channel ``scale`` and
+``shift``, and every other tensor of the state dict as is. ``load_compressed(path, model)``
+rebuilds the weights into a model of the same architecture — bit-identical to the saved
+(finalized) model.
+
+Codes are recovered from the finalized weights, which are all of the form
+``ŵ = scale·q + shift·sign(q)`` with integer ``|q| ≤ Q = 2^(b−1) − 1``: ``shift = 0`` for
+the symmetric quantizers (Uniform, FairQuant), a per-tensor ``shift`` for CoDeQ. Each layer
+is checked to reconstruct exactly; a layer that does not (or has no bits) is stored as
+float32 and listed in the result, never silently approximated. One-bit channels store
+``sign(w)`` in one bit (two bits if the channel also holds zeros).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .targets import MODULE_TYPES
+
+__all__ = ["SaveResult", "load_compressed", "pack_bits", "save_compressed", "unpack_bits"]
+
+FORMAT = "fq-packed/1"
+_WEIGHT_TYPES = MODULE_TYPES["conv"] + MODULE_TYPES["linear"]
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Pack non-negative integers ``< 2**bits`` into ``⌈len·bits/8⌉`` bytes, LSB first."""
+    v = np.asarray(values, dtype=np.uint32).ravel()
+    if bits < 1 or bits > 32:
+        raise ValueError(f"bits must lie in 1–32; got {bits}")
+    if v.size and int(v.max()) >= (1 << bits):
+        raise ValueError(f"value {int(v.max())} does not fit in {bits} bits")
+    bit_matrix = ((v[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8)
+    return np.packbits(bit_matrix.ravel(), bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``count`` integers of ``bits`` bits (uint32)."""
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: count * bits]
+    m = flat.reshape(count, bits).astype(np.uint32)
+    return (m << np.arange(bits, dtype=np.uint32)).sum(axis=1).astype(np.uint32)
+
+
+def _recover(w: torch.Tensor, b: float) -> tuple[np.ndarray, float, float] | None:
+    """Integer codes, scale and shift with ``scale·q + shift·sign(q) == w`` exactly, or None."""
+    w = w.detach().to(torch.float32).flatten()
+    q_max = 2 ** (int(b) - 1) - 1
+    mags = torch.unique(w.abs())
+    nz = mags[mags > 0]
+    if nz.numel() == 0:
+        return np.zeros(w.numel(), dtype=np.int64), 0.0, 0.0
+    if q_max == 0:  # binary: ±s
+        if nz.numel() != 1:
+            return None
+        return torch.sign(w).to(torch.int64).numpy(), float(nz[0]), 0.0
+    top, low = nz.max(), nz.min()
+    candidates = [(top / q_max, torch.zeros((), dtype=torch.float32))]
+    if nz.numel() >= 2 and q_max > 1:  # CoDeQ: top = s·Q + shift, bottom = s + shift
+        s_c = (top - low) / (q_max - 1)
+        candidates.append((s_c, low - s_c))
+    for scale0, shift0 in candidates:
+        # the scale that produced w was rounded once more than ours: try a few ulps around
+        for scale in _ulps(scale0):
+            for shift in _ulps(shift0) if bool(shift0 != 0) else [shift0]:
+                if scale <= 0:
+                    continue
+                q = torch.sign(w) * torch.round((w.abs() - shift) / scale).clamp_min(0)
+                if int(q.abs().max()) > q_max:
+                    continue
+                if torch.equal(scale * q + shift * torch.sign(q), w):
+                    return q.to(torch.int64).numpy(), float(scale), float(shift)
+    return None
+
+
+def _ulps(x: torch.Tensor, n: int = 3) -> list[torch.Tensor]:
+    """``x`` and its ``n`` float32 neighbours on each side, nearest first."""
+    out = [x.to(torch.float32)]
+    up = down = out[0]
+    for _ in range(n):
+        up = torch.nextafter(up, torch.tensor(float("inf")))
+        down = torch.nextafter(down, torch.tensor(float("-inf")))
+        out += [up, down]
+    return out
+
+
+@dataclasses.dataclass
+class SaveResult:
+    path: str
+    file_bytes: int
+    packed_layers: list[str]
+    float_layers: list[str]
+
+
+def save_compressed(
+    model: nn.Module, bits: Mapping[str, torch.Tensor], path: str | os.PathLike[str]
+) -> SaveResult:
+    """Write ``model`` (finalized) with its quantized weights as packed codes.
+
+    :param bits: per-channel bits by module name (``session.bit_widths()``).
+    """
+    modules = dict(model.named_modules())
+    layers: dict[str, Any] = {}
+    float_layers: list[str] = []
+    skip: set[str] = set()
+    for name, b in bits.items():
+        mod = modules.get(name)
+        if mod is None or not isinstance(mod, _WEIGHT_TYPES):
+            raise ConfigError(
+                f"bits given for {name!r}, which is not a Conv/Linear module of the model"
+            )
+        w = cast(torch.Tensor, mod.weight).detach()
+        c = w.shape[0]
+        bc = (
+            torch.as_tensor(b).flatten().expand(c)
+            if torch.as_tensor(b).numel() == 1
+            else torch.as_tensor(b)
+        )
+        per_channel = w.reshape(c, -1)
+        whole = _recover(w, float(bc[0])) if bool((bc == bc[0]).all()) else None
+        if whole is not None:  # one scale for the tensor (CoDeQ, per-tensor uniform)
+            q_all, sc, sh = whole
+            q_rows = q_all.reshape(c, -1)
+            recs: list[tuple[np.ndarray, float, float] | None] = [
+                (q_rows[i], sc, sh) for i in range(c)
+            ]
+        else:
+            recs = [_recover(per_channel[i], float(bc[i])) for i in range(c)]
+        if any(r is None for r in recs):
+            float_layers.append(name)
+            continue
+        streams, scales, shifts, widths = [], [], [], []
+        for i, r in enumerate(recs):
+            assert r is not None
+            q, scale, shift = r
+            if int(bc[i]) == 1 and not (q == 0).any():
+                width, codes = 1, ((q + 1) // 2).astype(np.uint32)  # ±1 → 0/1: one bit
+            else:
+                q_max = max(1, 2 ** (int(bc[i]) - 1) - 1)
+                width = max(1, math.ceil(math.log2(2 * q_max + 1)))
+                codes = (q + q_max).astype(np.uint32)
+            streams.append(pack_bits(codes, width))
+            scales.append(scale)
+            shifts.append(shift)
+            widths.append(width)
+        layers[name] = {
+            "shape": list(w.shape),
+            "widths": torch.tensor(widths, dtype=torch.uint8),
+            "offsets": torch.tensor(np.cumsum([0] + [len(s) for s in streams]), dtype=torch.int64),
+            "codes": torch.frombuffer(bytearray(b"".join(streams)), dtype=torch.uint8),
+            "scale": torch.tensor(scales, dtype=torch.float32),
+            "shift": torch.tensor(shifts, dtype=torch.float32),
+        }
+        skip.add(f"{name}.weight" if name else "weight")
+    rest = {k: v for k, v in model.state_dict().items() if k not in skip}
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "layers": layers, "rest": rest}, buf)
+    data = buf.getvalue()
+    with open(path, "wb") as f:
+        f.write(data)
+    return SaveResult(os.fspath(path), len(data), sorted(layers), float_layers)
+
+
+def load_compressed(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
+    """Load a :func:`save_compressed` file into ``model`` (same architecture); returns it."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ConfigError(
+            f"{os.fspath(path)!r} is not an fq-plugins compressed checkpoint ({FORMAT})"
+        )
+    state = dict(blob["rest"])
+    for name, rec in blob["layers"].items():
+        shape = rec["shape"]
+        c = shape[0]
+        per = math.prod(shape[1:])
+        codes = rec["codes"].numpy().tobytes()
+        offsets = rec["offsets"].tolist()
+        w = torch.empty(c, per, dtype=torch.float32)
+        for i in range(c):
+            width = int(rec["widths"][i])
+            raw = unpack_bits(codes[offsets[i] : offsets[i + 1]], width, per).astype(np.int64)
+            # width 1: binary ±1; else codes are offset by Q = 2^(width−1) − 1 (width = bits)
+            q_np = 2 * raw - 1 if width == 1 else raw - ((1 << (width - 1)) - 1)
+            q = torch.from_numpy(q_np).to(torch.float32)
+            w[i] = rec["scale"][i] * q + rec["shift"][i] * torch.sign(q)
+        state[f"{name}.weight" if name else "weight"] = w.reshape(shape)
+    model.load_state_dict(state)
+    return model
