@@ -116,3 +116,30 @@ def test_complexity_report_against_direct_compression():
     assert rep["gzip_float32"] == pytest.approx(len(raw) / len(gzip.compress(raw, 9, mtime=0)))
     assert rep["sparsity"] == pytest.approx(1 - len(range(0, 4096, 7)) / 4096)
     assert rep["lzma_sign"] > 10 and rep["bz2_float32"] > 10
+
+
+def test_compact_export_rebuilds_identical_weights_at_the_reported_size(tmp_path):
+    from fq_plugins.compressors.momos import load_compact
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5))
+    comp = MoMosCompressor(block_size=4, capacity=0.05)
+    CompressionSession([comp]).attach(model)
+    size = comp.export_compact(tmp_path / "m.momos")
+    import struct
+
+    (n_header,) = struct.unpack("<I", (tmp_path / "m.momos").read_bytes()[:4])
+    # k·s float32 motifs + ⌈N·⌈log2 k⌉/8⌉ index bytes, plus only the small header
+    assert size == 4 + n_header + comp.compact_bytes() and n_header < 300
+    assert comp.compact_bytes() == comp.k * 4 * 4 + -(-comp.n_blocks * math.ceil(math.log2(comp.k)) // 8)
+    fresh = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5))
+    fresh.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if k.endswith("bias")}, strict=False
+    )
+    load_compact(tmp_path / "m.momos", fresh)
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        model[0].weight.add_(0.01)  # leave the mosaic: export must refuse
+    with pytest.raises(ConfigError, match="not a mosaic"):
+        comp.export_compact(tmp_path / "x.momos")

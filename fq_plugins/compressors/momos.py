@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 import math
+import os
+import struct
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -33,7 +36,14 @@ from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats,
 from .ops import bake_weight_parametrizations
 from .uniform import SymmetricWeightQuant
 
-__all__ = ["MoMosCompressor", "MoMosConfig", "complexity_report", "nearest_motif", "project_blocks"]
+__all__ = [
+    "MoMosCompressor",
+    "MoMosConfig",
+    "complexity_report",
+    "load_compact",
+    "nearest_motif",
+    "project_blocks",
+]
 
 
 def nearest_motif(
@@ -245,6 +255,46 @@ class MoMosCompressor(Compressor):
             extra["complexity"] = self.complexity()
         return CompressionStats(method=self.name, layers=layers, extra=extra)
 
+    @torch.no_grad()
+    def export_compact(self, path: str | os.PathLike[str]) -> int:
+        """Write the compact form — k float32 motifs + one ⌈log₂ k⌉-bit index per block —
+        after a small JSON header (module names and shapes). Returns the file size in bytes.
+
+        The weights must be post-projection (they are after attach and every epoch end).
+        """
+        from ..storage import pack_bits
+
+        raws = [self._raw(m) for _, m in self.attached]
+        flat = torch.cat([r.detach().float().flatten().cpu() for r in raws])
+        s = self.config.block_size
+        padded = torch.zeros(self.n_blocks * s)
+        padded[: flat.numel()] = flat
+        blocks = padded.reshape(self.n_blocks, s)
+        idx = nearest_motif(blocks, self.motifs, max_chunk_elements=self.config.max_chunk_elements)
+        if not torch.equal(self.motifs[idx], blocks):
+            raise ConfigError(
+                "the weights are not a mosaic of the current motifs (trained since the last "
+                "projection); call project() (it runs at every epoch end) before exporting"
+            )
+        width = max(1, math.ceil(math.log2(self.k))) if self.k > 1 else 1
+        header = json.dumps(
+            {
+                "format": "fq-momos/1",
+                "block_size": s,
+                "k": self.k,
+                "n_blocks": self.n_blocks,
+                "index_bits": width,
+                "quant_bits": self.config.quant_bits,
+                "modules": [[n, list(self._raw(m).shape)] for n, m in self.attached],
+            }
+        ).encode()
+        with open(path, "wb") as f:
+            f.write(struct.pack("<I", len(header)))
+            f.write(header)
+            f.write(self.motifs.to(torch.float32).numpy().tobytes())
+            f.write(pack_bits(idx.numpy().astype("uint32"), width))
+        return os.path.getsize(path)
+
     def complexity(self) -> dict[str, Any]:
         """:func:`complexity_report` of the targeted (effective) weights."""
         return complexity_report([cast(torch.Tensor, m.weight) for _, m in self.attached])
@@ -252,6 +302,40 @@ class MoMosCompressor(Compressor):
     def finalize(self, model: nn.Module) -> nn.Module:
         bake_weight_parametrizations(self.attached)
         return model
+
+
+@torch.no_grad()
+def load_compact(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
+    """Set the targeted weights of ``model`` from :meth:`MoMosCompressor.export_compact`.
+
+    Rebuilds the exact weights (the mosaic); with ``quant_bits`` the model's own
+    fake-quantization, if attached, applies on top as before. Returns ``model``.
+    """
+    from ..storage import unpack_bits
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<I", f.read(4))
+        head = json.loads(f.read(n))
+        if head.get("format") != "fq-momos/1":
+            raise ConfigError(f"{os.fspath(path)!r} is not an fq-plugins MoMos export")
+        s, k, nb = head["block_size"], head["k"], head["n_blocks"]
+        motifs = torch.frombuffer(bytearray(f.read(4 * k * s)), dtype=torch.float32).reshape(k, s)
+        idx = unpack_bits(f.read(), head["index_bits"], nb).astype("int64")
+    flat = motifs[torch.from_numpy(idx)].reshape(-1)
+    modules = dict(model.named_modules())
+    offset = 0
+    for name, shape in head["modules"]:
+        if name not in modules:
+            raise ConfigError(f"the export names module {name!r}, which this model lacks")
+        raw = MoMosCompressor._raw(modules[name])
+        if list(raw.shape) != shape:
+            raise ConfigError(
+                f"module {name!r} has weight shape {list(raw.shape)}; the export has {shape}"
+            )
+        cnt = raw.numel()
+        raw.copy_(flat[offset : offset + cnt].reshape(shape))
+        offset += cnt
+    return model
 
 
 @hookimpl
