@@ -683,6 +683,13 @@ def _run_variant(
         ),
     )
     _, fake_logits = evaluate(model, test)
+    compact: dict[str, int] = {}
+    if out is not None:  # methods with a compact form of their own (MoMos) export it first
+        for m in session.methods:
+            export = getattr(m, "export_compact", None)
+            if callable(export):
+                path = os.path.join(out, f"{vname}.{m.name}")
+                compact[path] = int(export(path))
 
     def finalize_and_eval() -> tuple[nn.Module, GroupConfusion, torch.Tensor]:
         final = session.finalize(model)
@@ -710,7 +717,7 @@ def _run_variant(
     )
     if out is not None:
         saved = save_compressed(final, session.bit_widths(), os.path.join(out, f"{vname}.fqz"))
-        rep.checkpoint = dataclasses.asdict(saved)
+        rep.checkpoint = {**dataclasses.asdict(saved), "compact_exports": compact}
         if saved.float_layers:
             log(
                 f"note: [{vname}] layers stored as float32 (codes not recoverable): {saved.float_layers}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +155,20 @@ class CompressionSession:
         ``act_bits`` defaults to :meth:`act_bits` (32 = the weights-only convention).
         """
         a = self.act_bits() if act_bits is None else act_bits
-        return model_cost(model, self.bit_widths(), example_input=example_input, act_bits=a)
+        cost = model_cost(model, self.bit_widths(), example_input=example_input, act_bits=a)
+        # A method with a compact storage form of its own (MoMos: motifs + indices) reports
+        # its bytes for the layers it covers; those replace the layers' dense weight bytes.
+        for st in self._final_stats or self.stats():
+            override = st.extra.get("packed_override")
+            if override:
+                dense = sum(
+                    math.ceil(lc.params * lc.bits_param / 8)
+                    + (4 * lc.channels if lc.quantized else 0)
+                    for lc in cost.layers
+                    if lc.name in override["layers"]
+                )
+                cost.packed_bytes += int(override["bytes"]) - dense
+        return cost
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """Bake every method in (attach order); returns a plain model with the same outputs."""

@@ -131,7 +131,9 @@ def test_compact_export_rebuilds_identical_weights_at_the_reported_size(tmp_path
     (n_header,) = struct.unpack("<I", (tmp_path / "m.momos").read_bytes()[:4])
     # k·s float32 motifs + ⌈N·⌈log2 k⌉/8⌉ index bytes, plus only the small header
     assert size == 4 + n_header + comp.compact_bytes() and n_header < 300
-    assert comp.compact_bytes() == comp.k * 4 * 4 + -(-comp.n_blocks * math.ceil(math.log2(comp.k)) // 8)
+    assert comp.compact_bytes() == comp.k * 4 * 4 + -(
+        -comp.n_blocks * math.ceil(math.log2(comp.k)) // 8
+    )
     fresh = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5))
     fresh.load_state_dict(
         {k: v for k, v in model.state_dict().items() if k.endswith("bias")}, strict=False
@@ -143,3 +145,12 @@ def test_compact_export_rebuilds_identical_weights_at_the_reported_size(tmp_path
         model[0].weight.add_(0.01)  # leave the mosaic: export must refuse
     with pytest.raises(ConfigError, match="not a mosaic"):
         comp.export_compact(tmp_path / "x.momos")
+
+
+def test_reported_packed_size_is_the_compact_size():
+    model = nn.Sequential(nn.Linear(40, 40, bias=False), nn.Linear(40, 4, bias=False))
+    s = CompressionSession([MoMosCompressor(block_size=4, capacity=0.05)])
+    s.attach(model)
+    comp = s.methods[0]
+    assert s.cost(model).packed_bytes == comp.compact_bytes()  # no other tensors here
+    assert s.cost(model).fp32_bytes == (1600 + 160) * 4

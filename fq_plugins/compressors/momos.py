@@ -251,6 +251,11 @@ class MoMosCompressor(Compressor):
             "compact_bytes": self.compact_bytes(),
             **self.last,
         }
+        if self.config.quant_bits is None:  # the mosaic's own form is the stored size
+            extra["packed_override"] = {
+                "layers": [n for n, _ in self.attached],
+                "bytes": self.compact_bytes(),
+            }
         if self.n_blocks * self.config.block_size <= 1_000_000:  # lzma-9 on more is slow
             extra["complexity"] = self.complexity()
         return CompressionStats(method=self.name, layers=layers, extra=extra)
