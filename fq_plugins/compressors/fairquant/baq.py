@@ -45,7 +45,7 @@ class _BAQElementwise(torch.autograd.Function):
 
     Forward ``ŵ = sign(w)·(round(clamp((|w| − h)/Δ, 0, M))·Δ + h)·[|w| ≥ h]`` with per-channel
     ``h = d/2``, ``Δ`` and ``M``. Backward, with identity STEs for round and clamp:
-    ``∂ŵ/∂w = [|w| ≥ h]`` (0 at w = 0), ``∂ŵ/∂Δ = sign(w)·[|w| ≥ h]·(q − u)`` with
+    ``∂ŵ/∂w = [|w| ≥ h]``, ``∂ŵ/∂Δ = sign(w)·[|w| ≥ h]·(q − u)`` with
     ``u = (|w| − h)/Δ``, and ``∂ŵ/∂h = 0`` at fixed Δ (the ``+h`` and ``−h/Δ·Δ`` terms cancel).
     ``h``, ``Δ`` and ``M`` come from the logits through ordinary autograd (tiny tensors).
     """
@@ -60,27 +60,27 @@ class _BAQElementwise(torch.autograd.Function):
         deadzone: bool,
     ) -> torch.Tensor:
         aw = w.abs()
-        q = torch.minimum(((aw - half_d) / delta).clamp_(min=0.0), m).round_()
+        u = (aw - half_d).div_(delta)
+        q = torch.minimum(u.clamp(min=0.0), m).round_()
         out = torch.copysign(q.mul_(delta).add_(half_d), w)
+        mask = torch.empty(0)
         if deadzone:
-            out = out.mul_((aw >= half_d).to(w.dtype))
-        ctx.save_for_backward(w, half_d, delta, m)
+            mask = aw >= half_d
+            out = out.mul_(mask)
+        ctx.save_for_backward(w, u, m, mask)
         ctx.deadzone = deadzone
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        w, half_d, delta, m = ctx.saved_tensors
-        aw = w.abs()
-        u = (aw - half_d) / delta
-        resid = torch.minimum(u.clamp(min=0.0), m).round_().sub_(u)  # q − u
-        g = grad * torch.sign(w)  # sign(w)·g; also zeroes w == 0
-        if ctx.deadzone:
-            g = g * (aw >= half_d).to(w.dtype)
-        grad_w = g * torch.sign(w)
-        dims = tuple(range(1, w.dim()))
-        grad_delta = (g * resid).sum(dim=dims, keepdim=True) if ctx.needs_input_grad[2] else None
-        return grad_w, None, grad_delta, None, None
+        w, u, m, mask = ctx.saved_tensors
+        g = grad * mask if ctx.deadzone else grad
+        grad_delta = None
+        if ctx.needs_input_grad[2]:
+            resid = torch.minimum(u.clamp(min=0.0), m).round_().sub_(u)  # q − u
+            dims = tuple(range(1, w.dim()))
+            grad_delta = resid.mul_(torch.sign(w)).mul_(g).sum(dim=dims, keepdim=True)
+        return g, None, grad_delta, None, None  # ∂ŵ/∂w: identity STE, 0 in the dead-zone
 
 
 def _channel_terms(
