@@ -32,7 +32,14 @@ from .._markers import hookimpl
 from ..errors import ConfigError
 from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
-from .ops import bake_weight_parametrizations, clamp_ste, relu_ste, round_ste
+from .ops import (
+    bake_weight_parametrizations,
+    clamp_ste,
+    find_weight_parametrization,
+    relu_ste,
+    round_ste,
+)
+from .ops import module_weight as _weight
 
 __all__ = ["CoDeQCompressor", "CoDeQConfig", "CoDeQQuant", "codeq_fake_quant"]
 
@@ -141,10 +148,6 @@ def _act_quant_hook(bits: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[A
     return hook
 
 
-def _weight(mod: nn.Module) -> torch.Tensor:
-    return cast(torch.Tensor, mod.weight)
-
-
 class CoDeQCompressor(Compressor):
     """CoDeQ: learnable dead-zone (pruning) + learnable or fixed bits, per weight tensor."""
 
@@ -174,10 +177,9 @@ class CoDeQCompressor(Compressor):
     def _quants(self) -> list[tuple[str, nn.Module, CoDeQQuant]]:
         out = []
         for name, mod in self.attached:
-            if parametrize.is_parametrized(mod, "weight"):
-                for p in cast(Any, mod).parametrizations.weight:
-                    if isinstance(p, CoDeQQuant):
-                        out.append((name, mod, p))
+            q = find_weight_parametrization(mod, CoDeQQuant)
+            if q is not None:
+                out.append((name, mod, cast(CoDeQQuant, q)))
         return out
 
     def penalty(self) -> torch.Tensor:

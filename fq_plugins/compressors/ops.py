@@ -9,6 +9,7 @@ the gradient to bits and dead-zones.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch.nn.utils import parametrize
@@ -17,7 +18,9 @@ __all__ = [
     "bake_weight_parametrizations",
     "channel_absmax",
     "clamp_ste",
+    "find_weight_parametrization",
     "levels",
+    "module_weight",
     "relu_ste",
     "round_ste",
     "symmetric_fake_quant",
@@ -186,3 +189,24 @@ def bake_weight_parametrizations(modules: Iterable[tuple[str, torch.nn.Module]])
     for _, mod in modules:
         if parametrize.is_parametrized(mod, "weight"):
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+
+
+def module_weight(mod: torch.nn.Module) -> torch.Tensor:
+    """``mod.weight`` typed as a tensor (the effective, parametrized value if any)."""
+    return cast(torch.Tensor, mod.weight)
+
+
+def find_weight_parametrization(
+    mod: torch.nn.Module, kinds: type | tuple[type, ...]
+) -> torch.nn.Module | None:
+    """The first parametrization of ``mod.weight`` that is an instance of ``kinds``.
+
+    Methods chain on one weight (a pruning mask, then a quantizer), so each method looks
+    up its own parametrization rather than assuming it is the only one.
+    """
+    if not parametrize.is_parametrized(mod, "weight"):
+        return None
+    for p in cast(Any, mod).parametrizations.weight:
+        if isinstance(p, kinds):
+            return cast(torch.nn.Module, p)
+    return None

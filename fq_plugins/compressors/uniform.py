@@ -9,7 +9,7 @@ round-trips it; ``finalize`` bakes the fake-quantized weights in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +21,8 @@ from ..errors import ConfigError
 from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
 from ..targets import MODULE_TYPES
-from .ops import bake_weight_parametrizations, symmetric_fake_quant
+from .ops import bake_weight_parametrizations, find_weight_parametrization, symmetric_fake_quant
+from .ops import module_weight as _weight
 
 __all__ = ["SymmetricWeightQuant", "UniformCompressor", "UniformConfig", "weight_params_total"]
 
@@ -55,22 +56,13 @@ class UniformConfig(MethodConfig):
 
 def _quantizer(mod: nn.Module) -> SymmetricWeightQuant | None:
     """This method's parametrization on ``mod.weight`` (other methods' may be chained)."""
-    if not parametrize.is_parametrized(mod, "weight"):
-        return None
-    for p in cast(Any, mod).parametrizations.weight:
-        if isinstance(p, SymmetricWeightQuant):
-            return p
-    return None
+    return cast(SymmetricWeightQuant | None, find_weight_parametrization(mod, SymmetricWeightQuant))
 
 
 def weight_params_total(model: nn.Module) -> int:
     """Number of Conv/Linear weight parameters (the accounting's denominator)."""
     types = MODULE_TYPES["conv"] + MODULE_TYPES["linear"]
     return sum(_weight(m).numel() for m in model.modules() if isinstance(m, types))
-
-
-def _weight(mod: nn.Module) -> torch.Tensor:
-    return cast(torch.Tensor, mod.weight)
 
 
 class UniformCompressor(Compressor):

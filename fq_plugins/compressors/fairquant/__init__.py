@@ -28,7 +28,8 @@ from ..._markers import hookimpl
 from ...errors import ConfigError
 from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
-from ..ops import bake_weight_parametrizations
+from ..ops import bake_weight_parametrizations, find_weight_parametrization
+from ..ops import module_weight as _weight
 from ..uniform import SymmetricWeightQuant, weight_params_total
 from .allocation import Allocation, allocate_bits, check_levels
 from .baq import LearnableBitQuant
@@ -131,17 +132,8 @@ class FairQuantConfig(MethodConfig):
         return self
 
 
-def _weight(mod: nn.Module) -> torch.Tensor:
-    return cast(torch.Tensor, mod.weight)
-
-
 def _quantizer(mod: nn.Module) -> nn.Module | None:
-    if not parametrize.is_parametrized(mod, "weight"):
-        return None
-    for p in cast(Any, mod).parametrizations.weight:
-        if isinstance(p, SymmetricWeightQuant | LearnableBitQuant):
-            return p
-    return None
+    return find_weight_parametrization(mod, (SymmetricWeightQuant, LearnableBitQuant))
 
 
 class FairQuantCompressor(Compressor):
