@@ -39,6 +39,9 @@ def test_chunked_nearest_motif_equals_brute_force():
     want = torch.cdist(blocks, motifs).argmin(dim=1)
     got = nearest_motif(blocks, motifs, max_chunk_elements=37 * 7)  # chunks of 7 rows
     assert torch.equal(got, want)
+    many = torch.randn(300, 4, generator=gen, dtype=torch.float64)  # k > 64: the k-d tree path
+    want = torch.cdist(blocks, many).argmin(dim=1)
+    assert torch.equal(nearest_motif(blocks, many, max_chunk_elements=4 * 100), want)
 
 
 def test_projection_uses_only_motifs_with_zero_motif():

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, cast
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
@@ -56,6 +57,20 @@ def nearest_motif(
     the lowest motif index (the zero motif is index 0).
     """
     k = motifs.shape[0]
+    if motifs.shape[1] <= 16 and k > 64:
+        # Low-dimensional blocks: an exact k-d tree query is orders of magnitude faster
+        # than brute force (ResNet18 at s = 4, capacity 0.01: 2.8 M blocks × 28 k motifs).
+        # Ties between equal distances may pick another index of an identical value.
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(motifs.detach().double().numpy())
+        out_np = np.empty(blocks.shape[0], dtype=np.int64)
+        chunk = max(1, max_chunk_elements // max(motifs.shape[1], 1))
+        for i in range(0, blocks.shape[0], chunk):
+            _, out_np[i : i + chunk] = tree.query(
+                blocks[i : i + chunk].detach().double().numpy(), k=1
+            )
+        return torch.from_numpy(out_np)
     chunk = max(1, max_chunk_elements // max(k, 1))
     m_sq = (motifs * motifs).sum(dim=1)
     out = torch.empty(blocks.shape[0], dtype=torch.long)
