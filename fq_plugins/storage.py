@@ -67,33 +67,58 @@ def _recover(w: torch.Tensor, b: float) -> tuple[np.ndarray, float, float] | Non
             return None
         return torch.sign(w).to(torch.int64).numpy(), float(nz[0]), 0.0
     top, low = nz.max(), nz.min()
-    candidates = [(top / q_max, torch.zeros((), dtype=torch.float32))]
-    if nz.numel() >= 2 and q_max > 1:  # CoDeQ: top = s·Q + shift, bottom = s + shift
-        s_c = (top - low) / (q_max - 1)
-        candidates.append((s_c, low - s_c))
-    for scale0, shift0 in candidates:
-        # the scale that produced w was rounded once more than ours: try a few ulps around
-        for scale in _ulps(scale0):
-            for shift in _ulps(shift0) if bool(shift0 != 0) else [shift0]:
-                if scale <= 0:
-                    continue
-                q = torch.sign(w) * torch.round((w.abs() - shift) / scale).clamp_min(0)
-                if int(q.abs().max()) > q_max:
-                    continue
-                if torch.equal(scale * q + shift * torch.sign(q), w):
-                    return q.to(torch.int64).numpy(), float(scale), float(shift)
+    candidates = [(top / q_max, torch.zeros((), dtype=torch.float32), 3)]
+    if nz.numel() >= 2 and q_max > 1:  # CoDeQ: ŵ = s·q + shift·sign(q)
+        # low levels may be empty (a wide dead-zone): count the steps between the smallest
+        # and the largest magnitude with the smallest gap, then refine s over all of them
+        gap = (nz[1:] - nz[:-1]).min()
+        steps = max(1, int(torch.round((top - low) / gap)))
+        s_c = (top - low) / steps
+        candidates.append((s_c, top - s_c * q_max, 64))
+    for scale0, shift0, window in candidates:
+        found = _search(nz.numpy(), q_max, scale0, shift0, window)
+        if found is None:
+            continue
+        scale, shift = torch.tensor(found[0]), torch.tensor(found[1])
+        q = torch.sign(w) * torch.round((w.abs() - shift) / scale).clamp_min(0)
+        if int(q.abs().max()) <= q_max and torch.equal(scale * q + shift * torch.sign(q), w):
+            return q.to(torch.int64).numpy(), float(scale), float(shift)
     return None
 
 
-def _ulps(x: torch.Tensor, n: int = 3) -> list[torch.Tensor]:
-    """``x`` and its ``n`` float32 neighbours on each side, nearest first."""
-    out = [x.to(torch.float32)]
-    up = down = out[0]
+def _search(
+    nz: np.ndarray, q_max: int, scale0: torch.Tensor, shift0: torch.Tensor, window: int
+) -> tuple[np.float32, np.float32] | None:
+    """Float32 ``(scale, shift)`` within ``window`` ulps of the estimates that reproduce
+    every distinct non-zero magnitude exactly as ``fl(fl(scale·q) + shift)``."""
+    scales = _ulp_grid(float(scale0), window)
+    shifts = _ulp_grid(float(shift0), window) if float(shift0) != 0.0 else np.zeros(1, np.float32)
+    for shift in shifts:
+        q = np.round((nz[None, :] - shift) / scales[:, None])
+        ok = (q >= 1).all(axis=1) & (q <= q_max).all(axis=1)
+        back = (scales[:, None] * q.astype(np.float32)).astype(np.float32) + shift
+        ok &= (back == nz[None, :]).all(axis=1)
+        hit = np.flatnonzero(ok)
+        if hit.size:
+            return scales[hit[0]], np.float32(shift)
+    return None
+
+
+def _ulp_grid(x: float, n: int) -> np.ndarray:
+    """``x`` (as float32) and its ``n`` float32 neighbours on each side, nearest first."""
+    c = np.float32(x)
+    up = [c]
+    down = []
+    u = d = c
     for _ in range(n):
-        up = torch.nextafter(up, torch.tensor(float("inf")))
-        down = torch.nextafter(down, torch.tensor(float("-inf")))
-        out += [up, down]
-    return out
+        u = np.nextafter(u, np.float32(np.inf))
+        d = np.nextafter(d, np.float32(-np.inf))
+        up.append(u)
+        down.append(d)
+    order = [up[0]]
+    for a, b in zip(up[1:], down, strict=True):
+        order += [a, b]
+    return np.array(order, dtype=np.float32)
 
 
 @dataclasses.dataclass

@@ -38,6 +38,7 @@ def _ctx():
     [{"method": "fairquant", "mode": "static", "importance": {"calib_batches": 1}}],
     [{"method": "codeq", "bits": 3}],
     [{"method": "codeq", "init_logit": 0.8}],
+    [{"method": "codeq", "bits": 4, "init_logit": 0.05}],  # 95 % dead-zone: low levels empty
 ])
 def test_round_trip_is_bit_identical_and_small(tmp_path, methods):
     torch.manual_seed(0)
