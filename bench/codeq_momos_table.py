@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 
 from fq_plugins.compressors.momos import complexity_report
-from fq_plugins.data.base import stratified_split
-from fq_plugins.data.npz import load_npz
 from fq_plugins.manager import get_plugin_manager
-from fq_plugins.run import evaluate, train_model
+from fq_plugins.recipe import DataSpec
+from fq_plugins.run import build_datasets, evaluate, train_model
 from fq_plugins.session import CompressionSession
 from fq_plugins.storage import save_compressed
 
@@ -59,13 +58,12 @@ def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
 def run_seed(path: str, seed: int, epochs: int, ft_epochs: int) -> dict:
     import timm
 
-    ds = load_npz(path, {"column": "age", "threshold": 60, "missing_values": [-1]})
-    train, test = stratified_split(ds, 0.2, seed)
-    mean = train.x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train.x.std(dim=(0, 2, 3), keepdim=True)
-    train.x, test.x = (train.x - mean) / std, (test.x - mean) / std
+    # the library's own loader: stratified split (class × group), train-set standardization
+    spec = DataSpec(source="npz", path=path, test_fraction=0.2,
+                    group={"column": "age", "threshold": 60, "missing_values": [-1]})
+    train, test = build_datasets(spec, seed)
     torch.manual_seed(seed)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=ds.n_classes)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=train.n_classes)
     train_model(model, train, epochs=epochs, batch_size=64, lr=1e-3, weight_decay=5e-4, seed=seed,
                 phase=f"fp32 seed {seed}", log=log)
     pm = get_plugin_manager(autoload=False)
