@@ -43,6 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fq_plugins.compressors.fairquant",
     "fq_plugins.compressors.codeq",
     "fq_plugins.compressors.momos",
+    "fq_plugins.compressors.bmrs",
     "fq_plugins.fairness.metrics",
     "fq_plugins.fairness.suite",
     "fq_plugins.energy.estimate",

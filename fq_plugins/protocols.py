@@ -64,6 +64,9 @@ class AttachContext:
     group_key: str = "group"
     n_groups: int | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    example_input: torch.Tensor | None = None
+    """A small input batch for methods that trace the model (BMRS); else the first
+    calibration batch is used."""
 
     def iter_calib(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         if self.calib_batches is None:

@@ -48,6 +48,8 @@ class EvaluationReport:
     checkpoint: dict[str, Any] | None = None
     """The saved model file: path, file_bytes, packed_layers, float_layers."""
     energy_prediction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    method_stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Each method's own figures (``CompressionStats.extra``: BMRS channels removed …)."""
 
     @property
     def energy_joules(self) -> float:
@@ -79,6 +81,7 @@ class EvaluationReport:
                 "wall_seconds": self.wall_seconds,
                 "finalize_max_abs_diff": self.finalize_max_abs_diff,
                 "checkpoint": self.checkpoint,
+                "method_stats": self.method_stats,
             }
         )
 

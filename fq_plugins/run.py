@@ -36,10 +36,17 @@ from .fairness.table import GroupConfusion
 from .manager import FQPluginManager, get_plugin_manager
 from .models import build_model
 from .plots import plot_layer_bits
-from .protocols import AttachContext, EnergyMeter, EnergyReading, MethodConfig, MetricResult
+from .protocols import (
+    AttachContext,
+    CompressionStats,
+    EnergyMeter,
+    EnergyReading,
+    MethodConfig,
+    MetricResult,
+)
 from .recipe import DataSpec, Recipe
 from .report import EvaluationReport, RunReport, format_table
-from .session import CompressionSession
+from .session import CompressionSession, plan_stages
 from .storage import save_compressed
 
 __all__ = ["EnergyTracker", "build_datasets", "evaluate", "resolve_meters", "run", "train_model"]
@@ -648,7 +655,6 @@ def _run_variant(
     t0 = time.perf_counter()
     model = copy.deepcopy(fp32_model)
     key = "compress" if vname not in recipe.compare else f"compare.{vname}"
-    session = CompressionSession.from_configs(methods, plugin_manager=pm, key=key)
     ctx = AttachContext(
         calib_batches=lambda: iterate_batches(
             train,
@@ -659,29 +665,49 @@ def _run_variant(
         group_key=recipe.fairness.group_key,
         n_groups=train.n_groups,
     )
-    session.attach(model, ctx)
     ft = recipe.finetune
-    epochs = ft.epochs if any(m.wants_training() for m in session.methods) else 0
-    phase = f"finetune:{vname}"
-    _, e_ft = tracker.measure(
-        phase,
-        lambda: train_model(
-            model,
-            train,
-            epochs=epochs,
-            batch_size=recipe.train.batch_size,
-            lr=ft.lr,
-            weight_decay=ft.weight_decay,
-            grad_clip=ft.grad_clip,
-            seed=recipe.seed + 1,
-            session=session,
-            regularizer=recipe.fairness.regularizer,
-            pm=pm,
-            phase=phase,
-            log=log,
-            on_epoch_end=predictions.callback(phase, epochs) if predictions else None,
-        ),
-    )
+    stages = plan_stages(methods, pm, key=key)
+    e_ft: dict[str, EnergyReading] = {}
+    earlier_stats: list[CompressionStats] = []
+    stage_diffs: list[float] = []
+    for si, stage in enumerate(stages):
+        session = CompressionSession.from_configs(
+            [methods[i] for i in stage], plugin_manager=pm, key=key, first_index=stage[0]
+        )
+        session.attach(model, ctx)
+        epochs = ft.epochs if any(m.wants_training() for m in session.methods) else 0
+        last = si == len(stages) - 1
+        phase = f"finetune:{vname}" if len(stages) == 1 else f"finetune:{vname}:{si + 1}"
+        _, e_stage = tracker.measure(
+            phase,
+            lambda session=session, epochs=epochs, phase=phase: train_model(  # type: ignore[misc]
+                model,
+                train,
+                epochs=epochs,
+                batch_size=recipe.train.batch_size,
+                lr=ft.lr,
+                weight_decay=ft.weight_decay,
+                grad_clip=ft.grad_clip,
+                seed=recipe.seed + 1,
+                session=session,
+                regularizer=recipe.fairness.regularizer,
+                pm=pm,
+                phase=phase,
+                log=log,
+                on_epoch_end=predictions.callback(phase, epochs) if predictions else None,
+            ),
+        )
+        e_ft.update(e_stage)
+        if last:
+            break
+        # a structural stage (BMRS): finalize now, so the next methods see the smaller model
+        _, before = evaluate(model, test)
+        model = session.finalize(model)
+        _, after = evaluate(model, test)
+        if before.numel():
+            stage_diffs.append(float((after - before).abs().max()))
+        earlier_stats.extend(session.stats())
+        log(f"[{vname}] stage {si + 1}/{len(stages)} finalized ({', '.join(m.name for m in session.methods)})")
     _, fake_logits = evaluate(model, test)
     compact: dict[str, int] = {}
     if out is not None:  # methods with a compact form of their own (MoMos) export it first
@@ -698,6 +724,7 @@ def _run_variant(
 
     (final, table, logits), e_eval = tracker.measure(f"eval:{vname}", finalize_and_eval)
     diff = float((logits - fake_logits).abs().max()) if logits.numel() else 0.0
+    diff = max([diff, *stage_diffs])
     if diff > 1e-4:
         log(f"warning: [{vname}] finalized model differs from the fake-quantized one by {diff:.3g}")
     cost = session.cost(final, test.x[:1])
@@ -713,8 +740,11 @@ def _run_variant(
         diff,
         metric_options={"undefined": recipe.fairness.undefined},
         carbon=carbon,
-        prediction=predictions.finish(phase, e_ft) if predictions else None,
+        prediction=predictions.finish(phase, e_stage) if predictions else None,
     )
+    rep.method_stats = [
+        {"method": st.method, **st.extra} for st in [*earlier_stats, *session.stats()]
+    ]
     if out is not None:
         saved = save_compressed(final, session.bit_widths(), os.path.join(out, f"{vname}.fqz"))
         rep.checkpoint = {**dataclasses.asdict(saved), "compact_exports": compact}

@@ -17,7 +17,43 @@ from .targets import select_targets
 if TYPE_CHECKING:
     from .manager import FQPluginManager
 
-__all__ = ["CompressionSession"]
+__all__ = ["CompressionSession", "is_structural", "plan_stages"]
+
+
+def is_structural(method: Compressor | type[Compressor]) -> bool:
+    """True for methods that change the model's shape at finalize (BMRS removes channels)."""
+    return bool(getattr(method, "structural", False))
+
+
+def plan_stages(
+    configs: Sequence[MethodConfig], pm: FQPluginManager, *, key: str = "compress"
+) -> list[list[int]]:
+    """Split a pipeline into stages (lists of indices) that each get a session of their own.
+
+    A structural method (``structural = True``: it changes shapes at finalize) is trained
+    and finalized alone, before the methods after it attach to the smaller model (prune,
+    then quantize). It must come before every other method: a quantizer's per-channel bits
+    would no longer match the channels a later pruning leaves.
+    """
+    stages: list[list[int]] = []
+    seen_plain = False
+    for i, cfg in enumerate(configs):
+        cls = pm.compressors.get(cfg.method, key=f"{key}[{i}].method")
+        if is_structural(cls):
+            if seen_plain:
+                raise ConfigError(
+                    f"{cfg.method!r} changes the model's shape (it removes channels), so it must "
+                    "come before the other methods of the pipeline: move it to the front "
+                    "(prune first, then quantize the smaller model)",
+                    key=f"{key}[{i}].method",
+                )
+            stages.append([i])
+        else:
+            if not stages or is_structural(pm.compressors.get(configs[stages[-1][0]].method)):
+                stages.append([])
+            stages[-1].append(i)
+            seen_plain = True
+    return stages
 
 
 class CompressionSession:
@@ -39,10 +75,20 @@ class CompressionSession:
         *,
         plugin_manager: FQPluginManager | None = None,
         key: str = "compress",
+        first_index: int = 0,
     ) -> None:
         self.methods = list(methods)
         self.pm = plugin_manager
         self.key = key
+        self.first_index = first_index
+        structural = [m.name for m in self.methods if is_structural(m)]
+        if structural and len(self.methods) > 1:
+            raise ConfigError(
+                f"{structural[0]!r} changes the model's shape at finalize, so it needs a session "
+                "of its own: attach it, train, finalize, then start a new session for the next "
+                "methods on the smaller model (`fq-plugins run` does this for a recipe list)",
+                key=key,
+            )
         self.attached = False
         self.finalized = False
         self._final_bits: dict[str, torch.Tensor] | None = None
@@ -55,26 +101,28 @@ class CompressionSession:
         *,
         plugin_manager: FQPluginManager | None = None,
         key: str = "compress",
+        first_index: int = 0,
     ) -> CompressionSession:
         """Instantiate each method by its registered name (``config.method``).
 
-        ``key`` is the recipe path of the list, used in error messages.
+        ``key`` is the recipe path of the list and ``first_index`` the recipe index of the
+        first config, used in error messages.
         """
         from .manager import get_plugin_manager
         from .recipe import validate_method_config
 
         pm = plugin_manager or get_plugin_manager()
         methods = []
-        for i, cfg in enumerate(configs):
+        for i, cfg in enumerate(configs, start=first_index):
             cfg = validate_method_config(cfg, pm, key=f"{key}[{i}]")
             methods.append(pm.compressors.get(cfg.method, key=f"{key}[{i}].method")(cfg))
-        return cls(methods, plugin_manager=pm, key=key)
+        return cls(methods, plugin_manager=pm, key=key, first_index=first_index)
 
     def attach(self, model: nn.Module, context: AttachContext | None = None) -> nn.Module:
         """Attach every method, in order, to the modules its ``targets`` select."""
         if self.attached:
             raise RuntimeError("this session is already attached; create a new session per model")
-        for i, method in enumerate(self.methods):
+        for i, method in enumerate(self.methods, start=self.first_index):
             targets = select_targets(model, method.config.targets, key=f"{self.key}[{i}].targets")
             try:
                 method.attach(model, targets, context)
@@ -121,6 +169,9 @@ class CompressionSession:
             m.on_epoch_end(epoch)
 
     def stats(self) -> list[CompressionStats]:
+        """Each method's stats (as recorded at finalize, once finalized)."""
+        if self._final_stats is not None:
+            return list(self._final_stats)
         return [m.stats() for m in self.methods]
 
     def bit_widths(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,181 @@
+"""BMRS math: truncated log-normal gates, their KL to the log-uniform prior, and ΔF.
+
+A gate ``θ > 0`` has ``x = log θ ~ N(μ, σ²)`` truncated to ``[a, b]`` (the posterior); the
+prior on ``x`` is uniform on ``[a, b]`` (log-uniform on ``θ``). Every function here works
+elementwise on tensors of ``μ`` and ``log σ`` and in the tensors' dtype: training uses
+float32, pruning decisions (:func:`delta_f_normal`, :func:`delta_f_uniform`) use float64.
+
+Stability: ``log(Φ(hi) − Φ(lo))`` is computed from ``log Φ`` of whichever tail has no
+cancellation (:func:`log_ndtr_diff`), so μ far outside ``[a, b]`` or tiny σ stay finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "gate_mean",
+    "gate_sample",
+    "gate_snr",
+    "kl_to_log_uniform",
+    "log_ndtr_diff",
+    "delta_f_normal",
+    "delta_f_uniform",
+]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 − exp(x))`` for ``x ≤ 0`` without cancellation (Mächler 2012)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def log_ndtr_diff(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``log(Φ(hi) − Φ(lo))`` for ``hi > lo``, stable in both tails and differentiable.
+
+    For ``lo > 0`` both values sit in the upper tail, so the symmetric form
+    ``Φ(−lo) − Φ(−hi)`` is used. Each branch gets inputs that are valid for it (the other
+    branch's are replaced by harmless constants), so no NaN leaks into the gradient.
+    """
+    upper = lo > 0
+    one = torch.ones_like(lo)
+    lo_u, hi_u = torch.where(upper, lo, one), torch.where(upper, hi, 2 * one)
+    lo_d, hi_d = torch.where(upper, -2 * one, lo), torch.where(upper, -one, hi)
+    up = torch.special.log_ndtr(-lo_u) + _log1mexp(
+        torch.special.log_ndtr(-hi_u) - torch.special.log_ndtr(-lo_u)
+    )
+    down = torch.special.log_ndtr(hi_d) + _log1mexp(
+        torch.special.log_ndtr(lo_d) - torch.special.log_ndtr(hi_d)
+    )
+    return torch.where(upper, up, down)
+
+
+def _alpha_beta(
+    mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    sigma = log_sigma.exp()
+    return (a - mu) / sigma, (b - mu) / sigma, sigma
+
+
+def gate_sample(
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    a: float,
+    b: float,
+    u: torch.Tensor,
+) -> torch.Tensor:
+    """Reparameterised ``log θ`` for uniform noise ``u`` (any shape broadcasting with μ).
+
+    ``γ = clamp(Φ(α) + u·Z, 1e−5, 1 − 1e−5)``, ``log θ = clamp(μ + σ·Φ⁻¹(γ), a, b)``.
+    """
+    alpha, beta, sigma = _alpha_beta(mu, log_sigma, a, b)
+    cdf_a = torch.special.ndtr(alpha)
+    z = torch.special.ndtr(beta) - cdf_a
+    gamma = (cdf_a + u * z).clamp(1e-5, 1 - 1e-5)
+    return (mu + sigma * torch.special.ndtri(gamma)).clamp(a, b)
+
+
+def gate_mean(mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``E[θ]`` of the truncated log-normal, in closed form and in log space.
+
+    ``E[e^x] = exp(μ + σ²/2) · (Φ(β − σ) − Φ(α − σ)) / (Φ(β) − Φ(α))``.
+    """
+    alpha, beta, sigma = _alpha_beta(mu, log_sigma, a, b)
+    log_z = log_ndtr_diff(alpha, beta)
+    return torch.exp(mu + 0.5 * sigma**2 + log_ndtr_diff(alpha - sigma, beta - sigma) - log_z)
+
+
+def gate_snr(mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``E[θ] / sd[θ]`` (the SNR baseline's criterion), from the first two moments in log space."""
+    alpha, beta, sigma = _alpha_beta(mu, log_sigma, a, b)
+    log_z = log_ndtr_diff(alpha, beta)
+    log_m1 = mu + 0.5 * sigma**2 + log_ndtr_diff(alpha - sigma, beta - sigma) - log_z
+    log_m2 = 2 * mu + 2 * sigma**2 + log_ndtr_diff(alpha - 2 * sigma, beta - 2 * sigma) - log_z
+    # var / mean² = E[θ²]/E[θ]² − 1, computed without subtracting two large numbers
+    rel_var = torch.expm1((log_m2 - 2 * log_m1).clamp_min(0.0))
+    return torch.rsqrt(rel_var)
+
+
+def kl_to_log_uniform(
+    mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float
+) -> torch.Tensor:
+    """KL(truncated N(μ, σ²) on [a, b] ‖ uniform on [a, b]) per unit.
+
+    ``KL = −log σ − log Z − ½log(2πe) + log(b − a) − (αφ(α) − βφ(β)) / (2Z)``.
+    """
+    alpha, beta, _ = _alpha_beta(mu, log_sigma, a, b)
+    log_z = log_ndtr_diff(alpha, beta)
+
+    def phi_over_z(t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-0.5 * t**2 - _LOG_SQRT_2PI - log_z)
+
+    boundary = (alpha * phi_over_z(alpha) - beta * phi_over_z(beta)) / 2
+    return -log_sigma - log_z - _LOG_SQRT_2PI - 0.5 + math.log(b - a) - boundary
+
+
+def _log_z(m: torch.Tensor | float, s: torch.Tensor | float, a: float, b: float) -> torch.Tensor:
+    m_t = torch.as_tensor(m, dtype=torch.float64)
+    s_t = torch.as_tensor(s, dtype=torch.float64)
+    return log_ndtr_diff((a - m_t) / s_t, (b - m_t) / s_t)
+
+
+def delta_f_normal(
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    a: float,
+    b: float,
+    *,
+    reduced_mu: float | None = None,
+    reduced_sigma: float = 1e-6,
+) -> torch.Tensor:
+    """ΔF of BMRS_N in float64: reduced prior N(μ̃_p, σ̃_p²) on log θ truncated to [a, b].
+
+    Equal to ``log[Z_q̃(b−a)/(Z_q Z_p̃)] + ½log[σ̃_q²/(σ²σ̃_p²)] − ½[μ²/σ² + μ̃_p²/σ̃_p² −
+    μ̃_q²/σ̃_q²]``; the last two terms are rewritten with the Gaussian product identities
+    ``σ̃_q²/(σ²σ̃_p²) = 1/(σ² + σ̃_p²)`` and ``μ²/σ² + μ̃_p²/σ̃_p² − μ̃_q²/σ̃_q² =
+    (μ − μ̃_p)²/(σ² + σ̃_p²)``, which avoid subtracting two numbers of order 10¹⁴ at the
+    default σ̃_p = 1e−6. ``reduced_mu`` defaults to ``a``. Prune where ΔF ≥ 0.
+    """
+    mu = mu.detach().double()
+    sigma = log_sigma.detach().double().exp()
+    m = float(a if reduced_mu is None else reduced_mu)
+    s2 = float(reduced_sigma) ** 2
+    var_q = 1.0 / (1.0 / sigma**2 + 1.0 / s2)
+    mu_q = var_q * (mu / sigma**2 + m / s2)
+    total_var = sigma**2 + s2
+    return (
+        _log_z(mu_q, var_q.sqrt(), a, b)
+        + math.log(b - a)
+        - _log_z(mu, sigma, a, b)
+        - _log_z(m, float(reduced_sigma), a, b)
+        - 0.5 * torch.log(total_var)
+        - 0.5 * (mu - m) ** 2 / total_var
+        - _LOG_SQRT_2PI
+    )
+
+
+def delta_f_uniform(
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    a: float,
+    b: float,
+    *,
+    precision: float = 8.0,
+    low_precision: float = 23.0,
+) -> torch.Tensor:
+    """ΔF of BMRS_U in float64: reduced prior uniform on ``[ln 2^−23, ln 2^−p]``.
+
+    ``ΔF = log q([a′, b′]) − log[(b′ − a′)/(b − a)]``, ``q([a′,b′]) = (Φ((b′−μ)/σ) −
+    Φ((a′−μ)/σ)) / Z_q``. Smaller ``p`` gives a wider reduced interval, so more units prune.
+    """
+    mu = mu.detach().double()
+    sigma = log_sigma.detach().double().exp()
+    lo, hi = -low_precision * math.log(2.0), -precision * math.log(2.0)
+    return (
+        log_ndtr_diff((lo - mu) / sigma, (hi - mu) / sigma)
+        - _log_z(mu, sigma, a, b)
+        - math.log((hi - lo) / (b - a))
+    )

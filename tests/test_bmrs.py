@@ -1,0 +1,431 @@
+"""BMRS: gate math against float64 numerical integration, gate placement, masks, physical
+channel removal (exact), pipelines, bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+from torch import nn
+
+from fq_plugins.accounting import model_cost
+from fq_plugins.compressors.bmrs import BMRSCompressor, BMRSConfig
+from fq_plugins.compressors.bmrs.evidence import (
+    delta_f_normal,
+    delta_f_uniform,
+    gate_mean,
+    gate_sample,
+    gate_snr,
+    kl_to_log_uniform,
+    log_ndtr_diff,
+)
+from fq_plugins.errors import ConfigError
+from fq_plugins.manager import get_plugin_manager
+from fq_plugins.models import MLP
+from fq_plugins.protocols import AttachContext
+from fq_plugins.session import CompressionSession
+from fq_plugins.targets import select_targets
+from fq_plugins.testing import CompressorContract
+
+A, B = -20.0, 0.0
+D = torch.float64
+
+# (μ, σ): inside, near a boundary, far outside [a, b], tiny and huge σ
+CASES = [(-5.0, 2.0), (-0.3, 0.05), (0.0, 1.0), (-19.0, 1.5), (-10.0, 30.0), (3.0, 0.5), (-25.0, 2.0)]
+
+
+def _t(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=D)
+
+
+def _tn(mu: float, sig: float, a: float = A, b: float = B) -> stats.rv_continuous:
+    return stats.truncnorm((a - mu) / sig, (b - mu) / sig, loc=mu, scale=sig)
+
+
+def _quad(f, lo: float, hi: float, points: list[float]) -> float:
+    pts = sorted(p for p in points if lo < p < hi)
+    val, _ = integrate.quad(f, lo, hi, points=pts or None, limit=500, epsabs=0, epsrel=1e-11)
+    return float(val)
+
+
+def _log_evidence_ratio(mu: float, sig: float, log_reduced) -> float:
+    """log ∫ q(x) p̃(x)/p(x) dx by quadrature in float64, shifted by the log-integrand's max."""
+    q = _tn(mu, sig)
+
+    def f(x: float) -> float:
+        return float(q.logpdf(x) + log_reduced(x) + math.log(B - A))
+
+    m = max(f(x) for x in np.linspace(A, B, 4001))
+    return m + math.log(_quad(lambda x: math.exp(f(x) - m), A, B, [mu]))
+
+
+# --- math -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mu,sig", CASES)
+def test_kl_matches_numerical_integration(mu: float, sig: float) -> None:
+    q = _tn(mu, sig)
+    lo, hi = max(A, mu - 12 * sig), min(B, mu + 12 * sig)
+    if lo >= hi:  # all mass at one bound: integrate over the whole support
+        lo, hi = A, B
+    want = _quad(lambda x: q.pdf(x) * (q.logpdf(x) + math.log(B - A)), lo, hi, [mu])
+    got = float(kl_to_log_uniform(_t(mu), _t(math.log(sig)), A, B))
+    assert got == pytest.approx(want, rel=1e-7, abs=1e-8)
+
+
+@pytest.mark.parametrize("mu,sig", CASES)
+def test_gate_mean_and_snr_match_numerical_moments(mu: float, sig: float) -> None:
+    q = _tn(mu, sig)
+    m1 = _quad(lambda x: math.exp(x) * q.pdf(x), A, B, [mu])
+    m2 = _quad(lambda x: math.exp(2 * x) * q.pdf(x), A, B, [mu])
+    got = float(gate_mean(_t(mu), _t(math.log(sig)), A, B))
+    assert got == pytest.approx(m1, rel=1e-7)
+    if m2 - m1**2 > 1e-10 * m1**2:
+        snr = float(gate_snr(_t(mu), _t(math.log(sig)), A, B))
+        assert snr == pytest.approx(m1 / math.sqrt(m2 - m1**2), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mu,sig,m,s",
+    [(-5, 2, -20, 0.5), (-10, 3, -20, 1e-3), (-18, 1.5, -20, 1e-6), (-3, 0.5, -4, 0.3),
+     (-15, 4, -20, 1e-6), (0, 1, -20, 0.7)],
+)
+def test_delta_f_normal_matches_numerical_evidence_ratio(mu, sig, m, s) -> None:
+    z_p = stats.norm.cdf(B, m, s) - stats.norm.cdf(A, m, s)  # truncated reduced prior
+    if s < 1e-4:  # the reduced prior is a spike: integrate over its support only
+        q = _tn(mu, sig)
+        lo, hi = A, min(B, m + 40 * s)
+
+        def f(x: float) -> float:
+            return float(q.logpdf(x) + stats.norm.logpdf(x, m, s) - math.log(z_p) + math.log(B - A))
+
+        mx = max(f(x) for x in np.linspace(lo, hi, 2001))
+        want = mx + math.log(_quad(lambda x: math.exp(f(x) - mx), lo, hi, [m]))
+    else:
+        want = _log_evidence_ratio(mu, sig, lambda x: stats.norm.logpdf(x, m, s) - math.log(z_p))
+    got = float(delta_f_normal(_t(mu), _t(math.log(sig)), A, B, reduced_mu=m, reduced_sigma=s))
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("p", [8.0, 4.0, 1.5])
+@pytest.mark.parametrize("mu,sig", [(-5.0, 2.0), (-10.0, 30.0), (-0.2, 0.1), (-14.0, 1.0)])
+def test_delta_f_uniform_matches_numerical_evidence_ratio(mu, sig, p) -> None:
+    lo, hi = -23 * math.log(2), -p * math.log(2)
+    if sig > 0.2:
+        log_mass = math.log(_quad(_tn(mu, sig).pdf, lo, hi, [mu]))
+    else:  # far in q's lower tail: Φ differences from scipy's log-CDF, over Z_q
+        lh, ll = stats.norm.logcdf((hi - mu) / sig), stats.norm.logcdf((lo - mu) / sig)
+        z_q = stats.norm.cdf((B - mu) / sig) - stats.norm.cdf((A - mu) / sig)
+        log_mass = float(lh + np.log1p(-np.exp(ll - lh)) - np.log(z_q))
+    want = log_mass + math.log((B - A) / (hi - lo))
+    got = float(delta_f_uniform(_t(mu), _t(math.log(sig)), A, B, precision=p))
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def test_delta_f_default_spike_is_finite_and_orders_units() -> None:
+    """Defaults (σ̃_p = 1e-6): a unit pushed to a prunes, a confident unit at b does not,
+    and nothing overflows (the naive form subtracts numbers of order 1e14)."""
+    mu = torch.tensor([-19.5, -12.0, 0.0, -0.5], dtype=D)
+    ls = torch.log(torch.tensor([1.0, 3.0, 0.01, 0.2], dtype=D))
+    df = delta_f_normal(mu, ls, A, B)
+    assert torch.isfinite(df).all()
+    assert df[0] > 0 and df[2] < 0 and df[3] < 0
+    assert df[0] > df[1] > df[3]
+
+
+def test_log_ndtr_diff_is_stable_in_both_tails() -> None:
+    lo = torch.tensor([-40.0, 30.0, -1.0, 8.0, -9.0], dtype=D)
+    hi = torch.tensor([-39.0, 31.0, 1.0, 8.5, 9.0], dtype=D)
+    # reference: scipy's log-tail functions, subtracting in the tail that has no cancellation
+    want = []
+    for lv, h in zip(lo.tolist(), hi.tolist(), strict=True):
+        if lv > 0:
+            big, small = stats.norm.logsf(lv), stats.norm.logsf(h)
+        else:
+            big, small = stats.norm.logcdf(h), stats.norm.logcdf(lv)
+        want.append(float(big + np.log1p(-np.exp(small - big))))
+    np.testing.assert_allclose(log_ndtr_diff(lo, hi).numpy(), want, rtol=1e-10)
+
+
+def test_float32_gradients_are_finite_far_outside_the_support() -> None:
+    mu = torch.tensor([-60.0, 40.0, -10.0, 0.0], requires_grad=True)
+    ls = torch.tensor([-5.0, -5.0, 3.0, -5.0], requires_grad=True)
+    loss = kl_to_log_uniform(mu, ls, A, B).sum() + gate_mean(mu, ls, A, B).sum()
+    loss = loss + gate_sample(mu, ls, A, B, torch.rand(16, 4)).sum()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(mu.grad).all() and torch.isfinite(ls.grad).all()
+
+
+def test_samples_follow_the_truncated_normal() -> None:
+    torch.manual_seed(0)
+    mu, sig = torch.tensor([-4.0], dtype=D), 1.7
+    u = torch.rand(20000, 1, dtype=D)
+    x = gate_sample(mu, torch.tensor([math.log(sig)], dtype=D), A, B, u).flatten().numpy()
+    assert x.min() >= A and x.max() <= B
+    res = stats.kstest(x, _tn(-4.0, sig).cdf)
+    assert res.pvalue > 1e-3
+
+
+# --- the compressor: contract, placement, masks ------------------------------------
+
+
+class TestBMRSContract(CompressorContract):
+    compressor_cls = BMRSCompressor
+    config = {"prior": "uniform", "precision": 6}
+
+
+def _attach(model: nn.Module, x: torch.Tensor, **cfg) -> BMRSCompressor:
+    comp = BMRSCompressor(**cfg)
+    comp.attach(model, select_targets(model, comp.config.targets), AttachContext(example_input=x))
+    return comp
+
+
+def test_gate_placement_resnet_and_mlp() -> None:
+    timm = pytest.importorskip("timm")
+    m = timm.create_model("resnet18", pretrained=False, num_classes=7)
+    comp = _attach(m, torch.randn(2, 3, 32, 32))
+    hosts = {s.name: s.host_name for s in comp.sites}
+    assert hosts["conv1"] == "bn1" and hosts["layer1.0.conv2"] == "layer1.0.bn2"
+    assert hosts["layer2.0.downsample.0"] == "layer2.0.downsample.1"
+    assert len(comp.sites) == 20 and "fc" in comp.skipped
+    mlp = MLP(48, 5, hidden=16)
+    comp = _attach(mlp, torch.randn(2, 3, 4, 4))
+    assert [s.units for s in comp.sites] == [16, 16] and "head" in comp.skipped
+
+
+def test_vit_gates_only_mlp_hidden_units() -> None:
+    timm = pytest.importorskip("timm")
+    m = timm.create_model(
+        "deit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
+        depth=2, embed_dim=48, num_heads=3,
+    )
+    comp = _attach(m, torch.randn(2, 3, 32, 32))
+    assert sorted(s.name for s in comp.sites) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
+    for name in ("blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc2", "head"):
+        assert name in comp.skipped
+
+
+def test_training_forward_samples_and_eval_uses_the_mean() -> None:
+    torch.manual_seed(0)
+    mlp = MLP(12, 3, hidden=8)
+    x = torch.randn(6, 3, 2, 2)
+    comp = _attach(mlp, x, init_log_sigma=0.0)
+    mlp.train()
+    assert not torch.equal(mlp(x), mlp(x))  # fresh noise per call (and per example)
+    mlp.eval()
+    torch.testing.assert_close(mlp(x), mlp(x))
+    gate = comp.sites[0].host.bmrs_gate
+    assert gate.theta(None).shape == (8,)
+    assert float(comp.penalty().detach()) == pytest.approx(
+        float(torch.stack([s.host.bmrs_gate.kl().mean() for s in comp.sites]).mean()), rel=1e-6
+    )
+
+
+def test_masks_follow_the_criterion_come_back_and_freeze() -> None:
+    mlp = MLP(12, 3, hidden=8)
+    comp = _attach(mlp, torch.randn(2, 3, 2, 2), mask_epochs=2)
+    gate = comp.sites[0].host.bmrs_gate
+    with torch.no_grad():
+        gate.mu[:3] = -19.5
+        gate.log_sigma[:3] = 0.0
+    comp.on_epoch_end(0)
+    assert gate.mask.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    with torch.no_grad():
+        gate.mu[0] = 0.0
+        gate.log_sigma[0] = -5.0
+    comp.on_epoch_end(1)  # units may come back
+    assert gate.mask.tolist() == [1, 0, 0, 1, 1, 1, 1, 1]
+    with torch.no_grad():
+        gate.mu[:] = -19.5
+        gate.log_sigma[:] = 0.0
+    comp.on_epoch_end(2)  # past mask_epochs: frozen
+    assert gate.mask.tolist() == [1, 0, 0, 1, 1, 1, 1, 1]
+    comp.update_masks()  # explicit update: everything would prune, one unit stays
+    assert int(gate.mask.sum()) == 1
+
+
+@pytest.mark.parametrize(
+    "cfg,expect",
+    [
+        ({"prior": "normal"}, [1, 0, 0, 0]),
+        # BMRS_U's reduced prior is [ln 2^-23, ln 2^-p] (METHODS.md): a posterior below
+        # ln 2^-23 = -15.9 has no mass there, so the unit at a is kept
+        ({"prior": "uniform", "precision": 8}, [0, 1, 0, 0]),
+        ({"prior": "uniform", "precision": 1}, [0, 1, 1, 0]),
+        ({"criterion": "snr"}, [1, 1, 1, 0]),
+    ],
+)
+def test_criteria(cfg, expect) -> None:
+    mlp = MLP(12, 3, hidden=4)
+    comp = _attach(mlp, torch.randn(2, 3, 2, 2), **cfg)
+    gate = comp.sites[0].host.bmrs_gate
+    with torch.no_grad():  # at a; diffuse in the middle; diffuse near b; confident at b
+        gate.mu.copy_(torch.tensor([-19.5, -9.0, -0.5, -0.05]))
+        gate.log_sigma.copy_(torch.log(torch.tensor([1.0, 30.0, 3.0, 0.01])))
+    drop = comp.prune_decision(comp.sites[0])
+    assert drop.int().tolist() == expect
+
+
+def test_l2_criterion_uses_incoming_weight_norms() -> None:
+    mlp = MLP(4, 3, hidden=3)
+    comp = _attach(mlp, torch.randn(2, 1, 2, 2), criterion="l2", l2_threshold=0.5)
+    fc = comp.sites[0].producer
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.3, 0.3, 0.3, 0.3], [1, 0, 0, 0.0]]))
+    assert comp.prune_decision(comp.sites[0]).tolist() == [True, False, False]  # 0.2, 0.6, 1.0
+
+
+# --- finalize removes channels, outputs unchanged -----------------------------------
+
+
+def _random_masks(comp: BMRSCompressor, frac: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s in comp.sites:
+            g = s.host.bmrs_gate
+            g.mu.uniform_(-2.0, 0.0, generator=gen)
+            g.log_sigma.uniform_(-3.0, 0.0, generator=gen)
+            g.mask.copy_((torch.rand(g.mask.shape, generator=gen) > frac).float())
+
+
+def _check_removal(model: nn.Module, comp: BMRSCompressor, x: torch.Tensor) -> dict:
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    dense = model_cost(copy.deepcopy(model), {}, example_input=x[:1])
+    final = comp.finalize(model)
+    with torch.no_grad():
+        got = final(x)
+    assert float((got - expected).abs().max()) <= 1e-5
+    assert not any(hasattr(m, "bmrs_gate") for m in final.modules())
+    after = model_cost(final, {}, example_input=x[:1])
+    return {"dense": dense, "after": after, "stats": comp.stats().extra}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_finalize_removes_channels_exactly_timm_resnet(arch: str) -> None:
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    m = timm.create_model(arch, pretrained=False, num_classes=7)
+    x = torch.randn(3, 3, 32, 32)
+    comp = _attach(m, x)
+    _random_masks(comp, 0.5, 1)
+    # make a residual-stream channel removable: mask channel 5 in every producer of layer3's stream
+    stream = [s for s in comp.sites if s.name.startswith("layer3") and s.units == s.producer.out_channels
+              and (s.name.endswith(("conv2", "conv3", "downsample.0")))]
+    stream = [s for s in stream if s.units == stream[0].units]
+    for s in stream:
+        s.host.bmrs_gate.mask[5] = 0.0
+    res = _check_removal(m, comp, x)
+    st = res["stats"]
+    assert st["removed"] > 0.1 * st["units"]
+    assert res["after"].weight_params < res["dense"].weight_params and res["after"].macs < res["dense"].macs
+    # every kept-but-masked channel is one that removal could not make exact
+    assert st["removed"] + sum(st["masked_kept_per_layer"].values()) == st["masked"]
+    assert st["removal_max_abs_diff"] <= 1e-5
+
+
+def test_finalize_mlp_and_vit_hidden_units() -> None:
+    pytest.importorskip("torch_pruning")
+    timm = pytest.importorskip("timm")
+    mlp = MLP(48, 5, hidden=32)
+    x = torch.randn(4, 3, 4, 4)
+    comp = _attach(mlp, x)
+    _random_masks(comp, 0.6, 2)
+    masked = int(sum((s.host.bmrs_gate.mask == 0).sum() for s in comp.sites))
+    res = _check_removal(mlp, comp, x)
+    assert res["stats"]["removed"] == masked  # every masked MLP unit is removable
+    vit = timm.create_model(
+        "deit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
+        depth=2, embed_dim=48, num_heads=3,
+    )
+    x = torch.randn(2, 3, 32, 32)
+    comp = _attach(vit, x)
+    _random_masks(comp, 0.5, 3)
+    res = _check_removal(vit, comp, x)
+    assert res["stats"]["removed"] > 0
+    assert vit.blocks[0].mlp.fc1.out_features == vit.blocks[0].mlp.fc2.in_features < 192
+
+
+def test_trained_model_finalize_matches_gated_eval() -> None:
+    """A few real training steps (gates, KL, mask update), then finalize equals the gated model."""
+    pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    model = CompressorContract().make_model()
+    x = torch.randn(16, 3, 8, 8)
+    y = torch.randint(0, 4, (16,))
+    session = CompressionSession.from_configs([{"method": "bmrs", "gate_lr": 0.1}])
+    session.attach(model, AttachContext(example_input=x))
+    opt = torch.optim.Adam(session.param_groups(model, lr=1e-2))
+    for _ in range(20):
+        loss = nn.functional.cross_entropy(model(x), y) + session.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    comp = session.methods[0]
+    with torch.no_grad():
+        comp.sites[0].host.bmrs_gate.mask[:3] = 0.0
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    final = session.finalize(model)
+    with torch.no_grad():
+        torch.testing.assert_close(final(x), expected, rtol=0, atol=1e-5)
+    assert final.conv.out_channels == 5  # 8 - 3
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+def test_no_gateable_layer_is_a_clear_error() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(ConfigError, match="no layer it can gate") as err:
+        _attach(model, torch.randn(2, 3, 2, 2))
+    assert "classifier" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"a": 0.0, "b": 0.0}, "a < b"),
+        ({"a": 1.0, "b": -1.0}, "a < b"),
+        ({"precision": 0.0}, r"outside \(0, 23\)"),
+        ({"precision": 23.0}, r"outside \(0, 23\)"),
+        ({"precision": -3}, r"outside \(0, 23\)"),
+        ({"prior": "uniform", "a": -10.0}, "must lie inside"),
+    ],
+)
+def test_bad_config_values(cfg, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        BMRSConfig(method="bmrs", **cfg)
+    from fq_plugins.recipe import load_recipe
+
+    pm = get_plugin_manager(autoload=False)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_recipe({"compress": [{"method": "bmrs", **cfg}]}, plugin_manager=pm)
+    assert "compress[0]" in str(err.value)
+
+
+def test_structural_method_must_come_first_and_alone() -> None:
+    from fq_plugins.recipe import load_recipe
+
+    pm = get_plugin_manager(autoload=False)
+    with pytest.raises(ConfigError, match="move it to the front") as err:
+        load_recipe(
+            {"compress": [{"method": "uniform", "bits": 4}, {"method": "bmrs"}]}, plugin_manager=pm
+        )
+    assert "compress[1].method" in str(err.value)
+    with pytest.raises(ConfigError, match="session of its own"):
+        CompressionSession.from_configs([{"method": "bmrs"}, {"method": "uniform", "bits": 4}])
+
+
+def test_attach_without_input_says_what_to_pass() -> None:
+    mlp = MLP(12, 3)
+    comp = BMRSCompressor()
+    with pytest.raises(ConfigError, match="example_input"):
+        comp.attach(mlp, select_targets(mlp, comp.config.targets), AttachContext())
