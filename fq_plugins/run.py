@@ -680,7 +680,7 @@ def _run_variant(
         phase = f"finetune:{vname}" if len(stages) == 1 else f"finetune:{vname}:{si + 1}"
         _, e_stage = tracker.measure(
             phase,
-            lambda session=session, epochs=epochs, phase=phase: train_model(  # type: ignore[misc]
+            lambda session=session, epochs=epochs, phase=phase, model=model: train_model(  # type: ignore[misc]
                 model,
                 train,
                 epochs=epochs,

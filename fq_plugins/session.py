@@ -225,7 +225,9 @@ class CompressionSession:
         """Bake every method in (attach order); returns a plain model with the same outputs."""
         self._final_bits = self.bit_widths()
         self._final_stats = self.stats()
-        for m in self.methods:
+        for i, m in enumerate(self.methods):
             model = m.finalize(model)
+            if is_structural(m):  # what it removed is known only after finalize
+                self._final_stats[i] = m.stats()
         self.finalized = True
         return model

@@ -4,6 +4,7 @@ channel removal (exact), pipelines, bad input."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -35,7 +36,15 @@ A, B = -20.0, 0.0
 D = torch.float64
 
 # (μ, σ): inside, near a boundary, far outside [a, b], tiny and huge σ
-CASES = [(-5.0, 2.0), (-0.3, 0.05), (0.0, 1.0), (-19.0, 1.5), (-10.0, 30.0), (3.0, 0.5), (-25.0, 2.0)]
+CASES = [
+    (-5.0, 2.0),
+    (-0.3, 0.05),
+    (0.0, 1.0),
+    (-19.0, 1.5),
+    (-10.0, 30.0),
+    (3.0, 0.5),
+    (-25.0, 2.0),
+]
 
 
 def _t(v: float) -> torch.Tensor:
@@ -91,8 +100,14 @@ def test_gate_mean_and_snr_match_numerical_moments(mu: float, sig: float) -> Non
 
 @pytest.mark.parametrize(
     "mu,sig,m,s",
-    [(-5, 2, -20, 0.5), (-10, 3, -20, 1e-3), (-18, 1.5, -20, 1e-6), (-3, 0.5, -4, 0.3),
-     (-15, 4, -20, 1e-6), (0, 1, -20, 0.7)],
+    [
+        (-5, 2, -20, 0.5),
+        (-10, 3, -20, 1e-3),
+        (-18, 1.5, -20, 1e-6),
+        (-3, 0.5, -4, 0.3),
+        (-15, 4, -20, 1e-6),
+        (0, 1, -20, 0.7),
+    ],
 )
 def test_delta_f_normal_matches_numerical_evidence_ratio(mu, sig, m, s) -> None:
     z_p = stats.norm.cdf(B, m, s) - stats.norm.cdf(A, m, s)  # truncated reduced prior
@@ -200,8 +215,14 @@ def test_gate_placement_resnet_and_mlp() -> None:
 def test_vit_gates_only_mlp_hidden_units() -> None:
     timm = pytest.importorskip("timm")
     m = timm.create_model(
-        "deit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
-        depth=2, embed_dim=48, num_heads=3,
+        "deit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=5,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=48,
+        num_heads=3,
     )
     comp = _attach(m, torch.randn(2, 3, 32, 32))
     assert sorted(s.name for s in comp.sites) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
@@ -316,15 +337,23 @@ def test_finalize_removes_channels_exactly_timm_resnet(arch: str) -> None:
     comp = _attach(m, x)
     _random_masks(comp, 0.5, 1)
     # make a residual-stream channel removable: mask channel 5 in every producer of layer3's stream
-    stream = [s for s in comp.sites if s.name.startswith("layer3") and s.units == s.producer.out_channels
-              and (s.name.endswith(("conv2", "conv3", "downsample.0")))]
+    stream = [
+        s
+        for s in comp.sites
+        if s.name.startswith("layer3")
+        and s.units == s.producer.out_channels
+        and (s.name.endswith(("conv2", "conv3", "downsample.0")))
+    ]
     stream = [s for s in stream if s.units == stream[0].units]
     for s in stream:
         s.host.bmrs_gate.mask[5] = 0.0
     res = _check_removal(m, comp, x)
     st = res["stats"]
     assert st["removed"] > 0.1 * st["units"]
-    assert res["after"].weight_params < res["dense"].weight_params and res["after"].macs < res["dense"].macs
+    assert (
+        res["after"].weight_params < res["dense"].weight_params
+        and res["after"].macs < res["dense"].macs
+    )
     # every kept-but-masked channel is one that removal could not make exact
     assert st["removed"] + sum(st["masked_kept_per_layer"].values()) == st["masked"]
     assert st["removal_max_abs_diff"] <= 1e-5
@@ -341,8 +370,14 @@ def test_finalize_mlp_and_vit_hidden_units() -> None:
     res = _check_removal(mlp, comp, x)
     assert res["stats"]["removed"] == masked  # every masked MLP unit is removable
     vit = timm.create_model(
-        "deit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
-        depth=2, embed_dim=48, num_heads=3,
+        "deit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=5,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=48,
+        num_heads=3,
     )
     x = torch.randn(2, 3, 32, 32)
     comp = _attach(vit, x)
@@ -429,3 +464,41 @@ def test_attach_without_input_says_what_to_pass() -> None:
     comp = BMRSCompressor()
     with pytest.raises(ConfigError, match="example_input"):
         comp.attach(mlp, select_targets(mlp, comp.config.targets), AttachContext())
+
+
+# --- the run pipeline: prune, then quantize ----------------------------------------
+
+
+def test_run_prunes_then_quantizes(pm, tmp_path) -> None:
+    pytest.importorskip("torch_pruning")
+    from fq_plugins.recipe import load_recipe
+    from fq_plugins.run import run
+
+    from .conftest import TINY
+
+    # l2 with a high threshold masks all but one unit per layer: a deterministic, large cut
+    recipe = load_recipe(
+        {
+            **TINY,
+            "compress": [
+                {"method": "bmrs", "criterion": "l2", "l2_threshold": 1e3, "mask_epochs": 1},
+                {"method": "uniform", "bits": 4},
+            ],
+            "compare": {"bmrs_n": [{"method": "bmrs", "gate_lr": 0.05}]},
+        },
+        plugin_manager=pm,
+    )
+    logs: list[str] = []
+    report, _ = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=logs.append)
+    fp32, pruned, bmrs_n = report.variants
+    assert pruned.variant == "bmrs+uniform-4" and pruned.cost.avg_bits_param == 4
+    assert pruned.cost.weight_params < 0.5 * fp32.cost.weight_params
+    assert pruned.cost.macs < fp32.cost.macs
+    assert pruned.finalize_max_abs_diff is not None and pruned.finalize_max_abs_diff < 1e-4
+    st = pruned.method_stats[0]
+    assert st["method"] == "bmrs" and st["criterion"] == "L2" and st["removed"] > 0
+    assert [s["method"] for s in pruned.method_stats] == ["bmrs", "uniform"]
+    assert any("stage 1/2 finalized" in line for line in logs)
+    assert bmrs_n.method_stats[0]["criterion"] == "BMRS_N"
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert data["variants"][1]["method_stats"][0]["removed_fraction"] > 0.5

@@ -26,6 +26,7 @@ from ..._markers import hookimpl
 from ...errors import ConfigError
 from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
+from ..ops import module_weight
 from .evidence import (
     delta_f_normal,
     delta_f_uniform,
@@ -226,14 +227,16 @@ class BMRSCompressor(Compressor):
         g: BMRSGate = getattr(site.host, _GATE_ATTR)
         if cfg.criterion == "bmrs":
             if cfg.prior == "normal":
-                df = delta_f_normal(g.mu, g.log_sigma, cfg.a, cfg.b, reduced_sigma=cfg.reduced_sigma)
+                df = delta_f_normal(
+                    g.mu, g.log_sigma, cfg.a, cfg.b, reduced_sigma=cfg.reduced_sigma
+                )
             else:
                 df = delta_f_uniform(g.mu, g.log_sigma, cfg.a, cfg.b, precision=cfg.precision)
             return df >= 0
         if cfg.criterion == "snr":
             snr = gate_snr(g.mu.double(), g.log_sigma.double(), cfg.a, cfg.b)
             return snr < cfg.snr_threshold
-        w = site.producer.weight.detach().double()
+        w = module_weight(site.producer).detach().double()
         norms = w.reshape(w.shape[0], -1).norm(dim=1)
         return norms < cfg.l2_threshold
 
@@ -359,8 +362,8 @@ def _fold(host: nn.Module, theta: torch.Tensor, dim: int) -> None:
 
 
 def _example_input(context: AttachContext | None) -> torch.Tensor:
-    if context is not None and getattr(context, "example_input", None) is not None:
-        return context.example_input[:2].detach()  # type: ignore[union-attr]
+    if context is not None and context.example_input is not None:
+        return context.example_input[:2].detach()
     if context is not None and context.calib_batches is not None:
         x, _, _ = next(context.iter_calib())
         return x[:2].detach().clone()

@@ -16,13 +16,13 @@ import math
 import torch
 
 __all__ = [
+    "delta_f_normal",
+    "delta_f_uniform",
     "gate_mean",
     "gate_sample",
     "gate_snr",
     "kl_to_log_uniform",
     "log_ndtr_diff",
-    "delta_f_normal",
-    "delta_f_uniform",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)

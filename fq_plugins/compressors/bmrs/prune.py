@@ -72,7 +72,7 @@ def remove_zero_channels(
         for item in group.items:
             dep, idxs = item.dep, item.idxs
             target = dep.target.module
-            if isinstance(target, mixing) or isinstance(target, nn.Parameter):
+            if isinstance(target, (*mixing, nn.Parameter)):
                 removable = set()
                 break
             if not dg.is_out_channel_pruning_fn(dep.handler):

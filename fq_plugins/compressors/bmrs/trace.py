@@ -102,9 +102,13 @@ def find_gate_sites(
         for c in consumers.get(tensor_id, []):
             if isinstance(c, nn.Linear):
                 return True
-            if isinstance(c, _ELEMENTWISE) and depth < 8 and c in outputs:
-                if reaches_linear(outputs[c], depth + 1):
-                    return True
+            if (
+                isinstance(c, _ELEMENTWISE)
+                and depth < 8
+                and c in outputs
+                and reaches_linear(outputs[c], depth + 1)
+            ):
+                return True
         return False
 
     mixing_model = any(isinstance(m, _MIXING_NORMS) for m in model.modules())

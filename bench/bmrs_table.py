@@ -1,0 +1,186 @@
+"""BMRS structured pruning on HAM10000 (32 px), timm ResNet18 from scratch, several seeds.
+
+Per seed (same split and FP32 training as bench/fairquant_table.py and
+bench/codeq_momos_table.py: stratified class × group, 20 % test, group = age ≥ 60,
+unknown ages dropped; 20 epochs AdamW lr 1e-3, wd 5e-4, batch 64): the dense model, then
+BMRS_N, BMRS_U (p = 8), BMRS_U (p = 4), SNR (< 1) and L2 (< 0.5) from the same dense
+model. Each variant trains its gates (KL to the log-uniform prior, gate lr GATE_LR) with
+masks recomputed at the end of each of MASK_EPOCHS epochs, then FROZEN_EPOCHS more epochs
+with masks frozen (network lr 1e-4, wd 0.01, grad-clip 1.0), then finalize removes the
+channels (torch-pruning). Reported: fraction of gated channels masked and physically
+removed, parameters and MACs after finalize, accuracy, worst-group accuracy, the
+finalize max |diff| against the gated model, and CPU latency of the finalized model over
+the dense one (same process, batch 64, interleaved, median of REPS timings each).
+
+    python bench/bmrs_table.py [--seeds 0 1 2] [--epochs 20] [--mask-epochs 6] [--frozen-epochs 3]
+
+Writes bench/results/bmrs_table.json (a seed already there is replaced) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fq_plugins.accounting import model_cost
+from fq_plugins.manager import get_plugin_manager
+from fq_plugins.protocols import AttachContext
+from fq_plugins.recipe import DataSpec
+from fq_plugins.run import build_datasets, evaluate, train_model
+from fq_plugins.session import CompressionSession
+
+RESULTS = Path(__file__).parent / "results" / "bmrs_table.json"
+
+
+def variants(gate_lr: float, mask_epochs: int) -> dict[str, dict]:
+    common = {"method": "bmrs", "gate_lr": gate_lr, "mask_epochs": mask_epochs}
+    return {
+        "BMRS_N": {**common, "prior": "normal"},
+        "BMRS_U p=8": {**common, "prior": "uniform", "precision": 8},
+        "BMRS_U p=4": {**common, "prior": "uniform", "precision": 4},
+        "SNR": {**common, "criterion": "snr"},
+        "L2": {**common, "criterion": "l2"},
+    }
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def latency_ratio(dense: torch.nn.Module, final: torch.nn.Module, x: torch.Tensor, reps: int) -> dict:
+    dense.eval()
+    final.eval()
+    for _ in range(3):  # warm-up
+        dense(x)
+        final(x)
+    td, tf = [], []
+    for _ in range(reps):  # interleaved, so drifts in machine load hit both alike
+        t0 = time.perf_counter()
+        dense(x)
+        td.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        final(x)
+        tf.append(time.perf_counter() - t0)
+    md, mf = statistics.median(td), statistics.median(tf)
+    return {"dense_ms": 1e3 * md, "final_ms": 1e3 * mf, "ratio": mf / md}
+
+
+def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
+    import timm
+
+    spec = DataSpec(source="npz", path=path, test_fraction=0.2,
+                    group={"column": "age", "threshold": 60, "missing_values": [-1]})
+    train, test = build_datasets(spec, seed)
+    torch.manual_seed(seed)
+    dense = timm.create_model("resnet18", pretrained=False, num_classes=train.n_classes)
+    train_model(dense, train, epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=5e-4, seed=seed,
+                phase=f"fp32 seed {seed}", log=log)
+    pm = get_plugin_manager(autoload=False)
+    x64 = test.x[:64]
+    example = test.x[:1]
+    out: dict = {}
+
+    def record(name: str, m: torch.nn.Module, extra: dict) -> None:
+        table, _ = evaluate(m, test)
+        acc = table.group_accuracy()
+        cost = model_cost(m, {}, example_input=example)
+        out[name] = {"accuracy": table.overall_accuracy(), "worst_group_accuracy": float(acc.min()),
+                     "mean_group_accuracy": float(acc.mean()), "params": cost.weight_params,
+                     "macs": cost.macs, **extra}
+        r = out[name]
+        log(f"[seed {seed}] {name:11s} acc {r['accuracy']:.4f} worst {r['worst_group_accuracy']:.4f} "
+            f"params {r['params'] / 1e6:.2f}M MACs {r['macs'] / 1e6:.1f}M "
+            + " ".join(f"{k} {v:.3g}" for k, v in extra.items() if isinstance(v, float)))
+
+    record("dense", dense, {})
+    for name, cfg in variants(args.gate_lr, args.mask_epochs).items():
+        t0 = time.perf_counter()
+        m = copy.deepcopy(dense)
+        session = CompressionSession.from_configs([cfg], plugin_manager=pm)
+        session.attach(m, AttachContext(example_input=train.x[:2]))
+        train_model(m, train, epochs=args.mask_epochs + args.frozen_epochs, batch_size=64, lr=1e-4,
+                    weight_decay=0.01, grad_clip=1.0, seed=seed + 1, session=session,
+                    phase=f"{name} seed {seed}", log=log)
+        _, gated_logits = evaluate(m, test)
+        final = session.finalize(m)
+        _, final_logits = evaluate(final, test)
+        st = session.stats()[0].extra
+        lat = latency_ratio(dense, final, x64, args.reps)
+        record(name, final, {
+            "masked_fraction": st["masked_fraction"], "removed_fraction": st["removed_fraction"],
+            "finalize_max_abs_diff": float((final_logits - gated_logits).abs().max()),
+            "latency_ratio": lat["ratio"], "latency": lat, "mask_history": st["mask_history"],
+            "seconds": time.perf_counter() - t0,
+        })
+    return out
+
+
+def main() -> None:
+    default_data = Path(os.environ.get("FQ_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(default_data / "ham10000_sub_32.npz"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--mask-epochs", type=int, default=6)
+    ap.add_argument("--frozen-epochs", type=int, default=3)
+    ap.add_argument("--gate-lr", type=float, default=0.02)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=str(RESULTS), help="results JSON (default: %(default)s)")
+    ap.add_argument("--table-only", action="store_true", help="print the table from the JSON")
+    args = ap.parse_args()
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"seeds": {}}
+    if not args.table_only:
+        if not Path(args.data).exists():
+            sys.exit(f"data file {args.data} not found; pass --data or set FQ_DATA_DIR")
+        torch.set_num_threads(args.threads)
+        out.parent.mkdir(exist_ok=True)
+        results.update({"command": "python " + " ".join(sys.argv), "epochs": args.epochs,
+                        "mask_epochs": args.mask_epochs, "frozen_epochs": args.frozen_epochs,
+                        "gate_lr": args.gate_lr,
+                        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+                        "date": dt.date.today().isoformat()})
+        for seed in args.seeds:
+            results["seeds"][str(seed)] = run_seed(args.data, seed, args)
+            out.write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    def ms(vals: list[float], fmt: str = ".3f") -> str:
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.fmean(vals):{fmt}} ± {sd:{fmt}}"
+
+    seeds = list(results["seeds"].values())
+    print(f"seeds: {len(seeds)}")
+    print("| variant | channels masked | channels removed | params (M) | MACs (M) | accuracy | worst-group |"
+          " latency / dense (batch 64) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in seeds[0]:
+        rows = [s[name] for s in seeds if name in s]
+
+        def get(k: str, rows: list[dict] = rows) -> list:
+            return [r[k] for r in rows]
+
+        dense = name == "dense"
+        print(f"| {name} | {'—' if dense else ms(get('masked_fraction'))} | "
+              f"{'—' if dense else ms(get('removed_fraction'))} | {ms([p / 1e6 for p in get('params')], '.2f')} | "
+              f"{ms([p / 1e6 for p in get('macs')], '.1f')} | {ms(get('accuracy'))} | "
+              f"{ms(get('worst_group_accuracy'))} | {'1' if dense else ms(get('latency_ratio'), '.2f')} |")
+
+
+if __name__ == "__main__":
+    main()
