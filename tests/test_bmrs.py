@@ -502,3 +502,20 @@ def test_run_prunes_then_quantizes(pm, tmp_path) -> None:
     assert bmrs_n.method_stats[0]["criterion"] == "BMRS_N"
     data = json.loads((tmp_path / "o" / "report.json").read_text())
     assert data["variants"][1]["method_stats"][0]["removed_fraction"] > 0.5
+
+
+def test_tinyvit_conv_stages_and_mlp_units() -> None:
+    """TinyViT: conv+BN stages and MLP hidden units are gated; attention and the residual
+    width are not; removal is exact."""
+    pytest.importorskip("torch_pruning")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    m = timm.create_model("tiny_vit_5m_224", pretrained=False, num_classes=5)
+    x = torch.randn(2, 3, 224, 224)
+    comp = _attach(m, x)
+    names = [s.name for s in comp.sites]
+    assert "stages.0.blocks.0.conv1.conv" in names and "stages.1.blocks.0.mlp.fc1" in names
+    assert "stages.1.blocks.0.attn.qkv" in comp.skipped and "head.fc" in comp.skipped
+    _random_masks(comp, 0.5, 4)
+    res = _check_removal(m, comp, x)
+    assert res["stats"]["removed"] > 0.2 * res["stats"]["units"]
