@@ -198,8 +198,58 @@ def save_compressed(
     return SaveResult(os.fspath(path), len(data), sorted(layers), float_layers)
 
 
+def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give ``model``'s layers the shapes stored in ``state`` (a model whose channels were
+    removed, e.g. by BMRS): conv, linear and norm layers get new, empty tensors of the
+    stored shapes and matching attributes; anything else that differs is an error."""
+    for mname, mod in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        own = {
+            k: v
+            for k, v in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]
+            if v is not None
+        }
+        changed = {
+            k: state[prefix + k].shape
+            for k, v in own.items()
+            if prefix + k in state and state[prefix + k].shape != v.shape
+        }
+        if not changed:
+            continue
+        if isinstance(mod, nn.modules.conv._ConvNd) and "weight" in changed:
+            shape = changed["weight"]
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+            if mod.groups > 1 and not depthwise:
+                raise ConfigError(f"cannot resize grouped conv {mname!r} to {list(shape)}")
+            mod.out_channels = shape[0]
+            mod.in_channels = shape[0] if depthwise else shape[1]
+            if depthwise:
+                mod.groups = shape[0]
+        elif isinstance(mod, nn.Linear) and "weight" in changed:
+            mod.out_features, mod.in_features = changed["weight"]
+        elif isinstance(mod, nn.modules.batchnorm._NormBase):
+            mod.num_features = next(iter(changed.values()))[0]
+        elif not isinstance(mod, nn.LayerNorm):
+            raise ConfigError(
+                f"checkpoint shapes differ from module {mname!r} ({type(mod).__name__}): "
+                f"{ {k: list(v) for k, v in changed.items()} }; build the same architecture"
+            )
+        for k, shape in changed.items():
+            old = own[k]
+            new = torch.empty(shape, dtype=old.dtype, device=old.device)
+            if isinstance(old, nn.Parameter):
+                setattr(mod, k, nn.Parameter(new, requires_grad=old.requires_grad))
+            else:
+                setattr(mod, k, new)
+
+
 def load_compressed(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
-    """Load a :func:`save_compressed` file into ``model`` (same architecture); returns it."""
+    """Load a :func:`save_compressed` file into ``model``; returns it.
+
+    ``model`` is the architecture the checkpoint was made from; when channels were removed
+    (BMRS), its conv/linear/norm layers are resized to the stored shapes first, so
+    ``load_compressed(path, build_model(...))`` restores the pruned model.
+    """
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ConfigError(
@@ -221,5 +271,6 @@ def load_compressed(path: str | os.PathLike[str], model: nn.Module) -> nn.Module
             q = torch.from_numpy(q_np).to(torch.float32)
             w[i] = rec["scale"][i] * q + rec["shift"][i] * torch.sign(q)
         state[f"{name}.weight" if name else "weight"] = w.reshape(shape)
+    _resize_to(model, state)
     model.load_state_dict(state)
     return model

@@ -519,3 +519,27 @@ def test_tinyvit_conv_stages_and_mlp_units() -> None:
     _random_masks(comp, 0.5, 4)
     res = _check_removal(m, comp, x)
     assert res["stats"]["removed"] > 0.2 * res["stats"]["units"]
+
+
+def test_pruned_checkpoint_loads_into_the_original_architecture(tmp_path) -> None:
+    """`.fqz` of a pruned (and quantized) model restores into a freshly built resnet18."""
+    pytest.importorskip("torch_pruning")
+    timm = pytest.importorskip("timm")
+    from fq_plugins.storage import load_compressed, save_compressed
+
+    torch.manual_seed(0)
+    m = timm.create_model("resnet18", pretrained=False, num_classes=4)
+    x = torch.randn(2, 3, 32, 32)
+    comp = _attach(m, x)
+    _random_masks(comp, 0.5, 5)
+    final = comp.finalize(m).eval()
+    q = CompressionSession.from_configs([{"method": "uniform", "bits": 4}])
+    q.attach(final)
+    final = q.finalize(final).eval()
+    saved = save_compressed(final, q.bit_widths(), tmp_path / "p.fqz")
+    assert saved.float_layers == []
+    fresh = timm.create_model("resnet18", pretrained=False, num_classes=4)
+    load_compressed(tmp_path / "p.fqz", fresh).eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), final(x))
+    assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in final.parameters())
