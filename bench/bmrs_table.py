@@ -105,13 +105,17 @@ def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
 
     record("dense", dense, {})
     for name, cfg in variants(args.gate_lr, args.mask_epochs).items():
+        if args.only and name not in args.only:
+            continue
         t0 = time.perf_counter()
         m = copy.deepcopy(dense)
         session = CompressionSession.from_configs([cfg], plugin_manager=pm)
         session.attach(m, AttachContext(example_input=train.x[:2]))
         train_model(m, train, epochs=args.mask_epochs + args.frozen_epochs, batch_size=64, lr=1e-4,
                     weight_decay=0.01, grad_clip=1.0, seed=seed + 1, session=session,
-                    phase=f"{name} seed {seed}", log=log)
+                    phase=f"{name} seed {seed}", log=log,
+                    on_epoch_end=lambda e, c=session.methods[0]: log(
+                        f"    masked {c.history[-1]['masked_fraction']:.3f}" if c.history else ""))
         _, gated_logits = evaluate(m, test)
         final = session.finalize(m)
         _, final_logits = evaluate(final, test)
@@ -138,6 +142,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(RESULTS), help="results JSON (default: %(default)s)")
+    ap.add_argument("--only", nargs="+", help="run only these variants (pilots)")
     ap.add_argument("--table-only", action="store_true", help="print the table from the JSON")
     args = ap.parse_args()
     out = Path(args.out)

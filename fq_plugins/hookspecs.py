@@ -111,7 +111,8 @@ def fq_on_step(step: int, phase: str, losses: dict[str, float]) -> None:
     the training hot path.
 
     :param step: global step index within the phase, from 0.
-    :param phase: ``"train"`` (FP32 training) or ``"finetune:<variant>"``.
+    :param phase: ``"train"`` (FP32 training) or ``"finetune:<variant>"`` (``"finetune:<variant>:<n>"``
+        for stage n of a pipeline with a structural method such as BMRS).
     :param losses: the step's loss terms as floats: ``total``, ``task``, ``fairness``,
         ``penalty`` (missing terms are absent).
     """

@@ -701,11 +701,18 @@ def _run_variant(
         if last:
             break
         # a structural stage (BMRS): finalize now, so the next methods see the smaller model
-        _, before = evaluate(model, test)
-        model = session.finalize(model)
-        _, after = evaluate(model, test)
-        if before.numel():
-            stage_diffs.append(float((after - before).abs().max()))
+
+        def finalize_stage(
+            session: CompressionSession = session, model: nn.Module = model
+        ) -> tuple[nn.Module, float]:
+            _, before = evaluate(model, test)
+            final = session.finalize(model)
+            _, after = evaluate(final, test)
+            return final, float((after - before).abs().max()) if before.numel() else 0.0
+
+        (model, stage_diff), e_fin = tracker.measure(f"finalize:{vname}:{si + 1}", finalize_stage)
+        e_ft.update(e_fin)
+        stage_diffs.append(stage_diff)
         earlier_stats.extend(session.stats())
         log(f"[{vname}] stage {si + 1}/{len(stages)} finalized ({', '.join(m.name for m in session.methods)})")
     _, fake_logits = evaluate(model, test)

@@ -229,7 +229,7 @@ def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             mod.out_features, mod.in_features = changed["weight"]
         elif isinstance(mod, nn.modules.batchnorm._NormBase):
             mod.num_features = next(iter(changed.values()))[0]
-        elif not isinstance(mod, nn.LayerNorm):
+        else:
             raise ConfigError(
                 f"checkpoint shapes differ from module {mname!r} ({type(mod).__name__}): "
                 f"{ {k: list(v) for k, v in changed.items()} }; build the same architecture"

@@ -18,6 +18,7 @@ from fq_plugins.compressors.bmrs import BMRSCompressor, BMRSConfig
 from fq_plugins.compressors.bmrs.evidence import (
     delta_f_normal,
     delta_f_uniform,
+    effective,
     gate_mean,
     gate_sample,
     gate_snr,
@@ -166,13 +167,44 @@ def test_log_ndtr_diff_is_stable_in_both_tails() -> None:
     np.testing.assert_allclose(log_ndtr_diff(lo, hi).numpy(), want, rtol=1e-10)
 
 
-def test_float32_gradients_are_finite_far_outside_the_support() -> None:
+@pytest.mark.parametrize(
+    "mu,ls",
+    [(40.0, -5.0), (0.05, -12.0), (0.2, -5.0), (-60.0, -5.0), (1.0, -25.0), (-10.0, 9.0),
+     (-3.0, 20.0)],
+)
+def test_float32_parameters_far_outside_give_the_effective_values(mu: float, ls: float) -> None:
+    """float32 gates with μ many σ outside [a, b] or a huge σ: KL and E[θ] equal quadrature
+    of the effective posterior (μ within 10σ of [a, b], σ ≤ 10(b − a)), and the KL's
+    gradient pulls an outlying μ back toward [a, b]."""
+    m = torch.tensor([mu], requires_grad=True)
+    s = torch.tensor([ls], requires_grad=True)
+    kl = kl_to_log_uniform(m, s, A, B)
+    mean = gate_mean(m, s, A, B)
+    kl.sum().backward()
+    mu_e, ls_e = (float(v) for v in effective(torch.tensor([mu]), torch.tensor([ls]), A, B))
+    sig = math.exp(ls_e)
+    q = _tn(mu_e, sig)
+    lo, hi = max(A, mu_e - 12 * sig), min(B, mu_e + 12 * sig)
+    if lo >= hi:
+        lo, hi = (B - 12 * sig, B) if mu_e > B else (A, A + 12 * sig)
+    want_kl = _quad(lambda x: q.pdf(x) * (q.logpdf(x) + math.log(B - A)), lo, hi, [mu_e])
+    want_mean = _quad(lambda x: math.exp(x) * q.pdf(x), lo, hi, [mu_e])
+    assert kl.item() == pytest.approx(want_kl, rel=1e-5, abs=1e-6)
+    assert mean.item() == pytest.approx(want_mean, rel=1e-5, abs=1e-12)
+    assert torch.isfinite(m.grad).all() and torch.isfinite(s.grad).all()
+    if mu > B + 1e-3:
+        assert float(m.grad) > 0  # descent lowers μ toward b
+    if mu < A:
+        assert float(m.grad) < 0
+
+
+def test_samples_stay_finite_for_outlying_parameters() -> None:
     mu = torch.tensor([-60.0, 40.0, -10.0, 0.0], requires_grad=True)
-    ls = torch.tensor([-5.0, -5.0, 3.0, -5.0], requires_grad=True)
-    loss = kl_to_log_uniform(mu, ls, A, B).sum() + gate_mean(mu, ls, A, B).sum()
-    loss = loss + gate_sample(mu, ls, A, B, torch.rand(16, 4)).sum()
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(mu.grad).all() and torch.isfinite(ls.grad).all()
+    ls = torch.tensor([-5.0, -5.0, 30.0, -30.0], requires_grad=True)
+    x = gate_sample(mu, ls, A, B, torch.rand(16, 4))
+    x.sum().backward()
+    assert bool(((x >= A) & (x <= B)).all())
+    assert torch.isfinite(mu.grad).all() and torch.isfinite(ls.grad).all()
 
 
 def test_samples_follow_the_truncated_normal() -> None:
@@ -543,3 +575,97 @@ def test_pruned_checkpoint_loads_into_the_original_architecture(tmp_path) -> Non
     with torch.no_grad():
         assert torch.equal(fresh(x), final(x))
     assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in final.parameters())
+
+
+class _FunctionalSigmoidNet(nn.Module):
+    """A gate on conv1 (no BatchNorm) followed by a *functional* sigmoid: invisible to the
+    trace, and sigmoid(0) = 0.5, so removing a masked channel would change the outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn2(self.conv2(torch.sigmoid(self.conv1(x)))))
+        return self.head(y.mean((2, 3)))
+
+
+def test_inexact_removal_keeps_the_masked_model() -> None:
+    pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    net = _FunctionalSigmoidNet()
+    x = torch.randn(5, 3, 6, 6)
+    comp = _attach(net, x)
+    assert comp.sites[0].host_name == "conv1"
+    comp.sites[0].host.bmrs_gate.mask[:4] = 0.0
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+    with pytest.warns(RuntimeWarning, match="kept as zeros"):
+        final = comp.finalize(net)
+    with torch.no_grad():
+        torch.testing.assert_close(final(x), expected, rtol=0, atol=1e-6)
+    assert final.conv1.out_channels == 8 and comp.stats().extra["removed"] == 0
+
+
+def test_activation_nonzero_at_zero_is_not_gated() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.Conv2d(6, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3),
+    )
+    x = torch.randn(2, 3, 8, 8)
+    net(x)
+    comp = _attach(net, x)
+    assert [s.name for s in comp.sites] == ["3"]
+    assert "f(0)" in comp.skipped["0"]
+
+
+def test_ungated_batchnorm_in_a_group_blocks_removal() -> None:
+    """conv → ReLU → BatchNorm: the gate sits on the conv's output, the BatchNorm hosts no
+    gate and maps a zero channel to its shift, so nothing is removed (and no warning)."""
+    pytest.importorskip("torch_pruning")
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+            self.act = nn.ReLU()
+            self.bn = nn.BatchNorm2d(6)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.bn(self.act(self.conv(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 6, 6)
+    comp = _attach(net, x)
+    assert comp.sites[0].host_name == "conv"
+    comp.sites[0].host.bmrs_gate.mask[:3] = 0.0
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        final = comp.finalize(net)
+    with torch.no_grad():
+        torch.testing.assert_close(final(x), expected, rtol=0, atol=1e-6)
+    assert final.conv.out_channels == 6
+
+
+def test_keep_one_unit_is_the_one_the_criterion_ranks_highest() -> None:
+    mlp = MLP(4, 3, hidden=3)
+    comp = _attach(mlp, torch.randn(2, 1, 2, 2), criterion="l2", l2_threshold=10.0)
+    fc = comp.sites[0].producer
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[0.1, 0, 0, 0], [0.3, 0, 0, 0], [0.2, 0, 0, 0.0]]))
+    comp.update_masks()
+    assert comp.sites[0].host.bmrs_gate.mask.tolist() == [0.0, 1.0, 0.0]

@@ -13,6 +13,7 @@ and finalizes it before attaching the methods listed after it (prune, then quant
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -179,7 +180,7 @@ class BMRSCompressor(Compressor):
                 "(after their BatchNorm) and hidden units of MLPs; check `targets`.",
                 key="targets",
             )
-        for s in sites:
+        for s in sites:  # check every site before touching the model
             if isinstance(s.host, nn.modules.batchnorm._BatchNorm) and not s.host.affine:
                 raise ConfigError(
                     f"{s.host_name!r} is a BatchNorm without affine parameters; BMRS folds its "
@@ -187,6 +188,7 @@ class BMRSCompressor(Compressor):
                     f"{s.name!r} in targets.",
                     key="targets",
                 )
+        for s in sites:
             p = next(s.producer.parameters())
             gate = BMRSGate(s.units, s.dim, cfg.a, cfg.b, cfg.init_mu, cfg.init_log_sigma)
             s.host.add_module(_GATE_ATTR, gate.to(device=p.device))
@@ -221,8 +223,11 @@ class BMRSCompressor(Compressor):
         self.update_masks()
 
     @torch.no_grad()
-    def prune_decision(self, site: GateSite) -> torch.Tensor:
-        """True where the criterion prunes the unit (float64 decisions)."""
+    def prune_score(self, site: GateSite) -> tuple[torch.Tensor, float]:
+        """Per-unit score and threshold (float64): the criterion prunes where score ≥ it.
+
+        bmrs: ΔF ≥ 0; snr: −SNR ≥ −t (SNR < t … up to ties); l2: −‖w_in‖ ≥ −t likewise.
+        """
         cfg = self.config
         g: BMRSGate = getattr(site.host, _GATE_ATTR)
         if cfg.criterion == "bmrs":
@@ -232,13 +237,18 @@ class BMRSCompressor(Compressor):
                 )
             else:
                 df = delta_f_uniform(g.mu, g.log_sigma, cfg.a, cfg.b, precision=cfg.precision)
-            return df >= 0
+            return df, 0.0
         if cfg.criterion == "snr":
-            snr = gate_snr(g.mu.double(), g.log_sigma.double(), cfg.a, cfg.b)
-            return snr < cfg.snr_threshold
+            return -gate_snr(g.mu, g.log_sigma, cfg.a, cfg.b), -cfg.snr_threshold
         w = module_weight(site.producer).detach().double()
-        norms = w.reshape(w.shape[0], -1).norm(dim=1)
-        return norms < cfg.l2_threshold
+        return -w.reshape(w.shape[0], -1).norm(dim=1), -cfg.l2_threshold
+
+    def prune_decision(self, site: GateSite) -> torch.Tensor:
+        """True where the criterion prunes the unit."""
+        score, threshold = self.prune_score(site)
+        if self.config.criterion == "bmrs":
+            return score >= threshold
+        return score > threshold  # the baselines prune strictly below their threshold
 
     @torch.no_grad()
     def update_masks(self) -> dict[str, float]:
@@ -246,11 +256,12 @@ class BMRSCompressor(Compressor):
         total = pruned = 0
         for s in self.sites:
             g: BMRSGate = getattr(s.host, _GATE_ATTR)
+            score, _ = self.prune_score(s)
             drop = self.prune_decision(s).to(g.mask.device)
             if bool(drop.all()):
-                # a layer of width 0 would cut the network: keep its most-evident unit
-                keep = int(g.mu.argmax())
-                drop[keep] = False
+                # a layer of width 0 would cut the network: keep the unit the criterion
+                # ranks furthest from pruning
+                drop[int(score.argmin())] = False
             g.mask.copy_((~drop).to(g.mask.dtype))
             total += drop.numel()
             pruned += int(drop.sum())
@@ -316,19 +327,28 @@ class BMRSCompressor(Compressor):
         was_training = model.training
         model.eval()
         before = model(x)
-        result = remove_zero_channels(model, [s.producer for s in self.sites], masks, x)
+        masked_model = copy.deepcopy(model)
+        result = remove_zero_channels(
+            model, [s.producer for s in self.sites], masks, x, hosts=[s.host for s in self.sites]
+        )
         after = model(x)
-        model.train(was_training)
         diff = float((before - after).abs().max()) if before.numel() else 0.0
-        if diff > 1e-4 * max(1.0, float(before.abs().max())):
-            warnings.warn(
-                f"bmrs: removing channels changed the outputs by {diff:.3g}; a layer between "
-                "the gate and the next layer is not zero-preserving",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        units = sum(s.units for s in self.sites)
         removed = sum(result["removed"].values())
+        if diff > 1e-5 * max(1.0, float(before.abs().max())):
+            # a layer between a gate and the next layer does not keep zeros at zero (e.g. a
+            # functional sigmoid): keep the masked model, which is exact, and say so
+            warnings.warn(
+                f"bmrs: removing the masked channels would change the outputs by {diff:.3g} "
+                "(a layer after a gate maps 0 to a non-zero value); the masked channels are "
+                "kept as zeros instead of being removed",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            model = masked_model
+            result = {"removed": dict.fromkeys(result["removed"], 0), "kept_masked": masked}
+            removed, diff = 0, 0.0
+        model.train(was_training)
+        units = sum(s.units for s in self.sites)
         self.final_report = {
             "masked": masked,
             "summary": {

@@ -5,19 +5,25 @@ prior on ``x`` is uniform on ``[a, b]`` (log-uniform on ``θ``). Every function 
 elementwise on tensors of ``μ`` and ``log σ`` and in the tensors' dtype: training uses
 float32, pruning decisions (:func:`delta_f_normal`, :func:`delta_f_uniform`) use float64.
 
-Stability: ``log(Φ(hi) − Φ(lo))`` is computed from ``log Φ`` of whichever tail has no
-cancellation (:func:`log_ndtr_diff`), so μ far outside ``[a, b]`` or tiny σ stay finite.
+Stability: every function computes in float64 (gate tensors are small) and returns
+float64; ``log(Φ(hi) − Φ(lo))`` comes from ``log Φ`` of whichever tail has no
+cancellation (:func:`log_ndtr_diff`). The formulas see an *effective* posterior:
+``1e−8 ≤ σ ≤ 10·(b − a)`` (wider is uniform on ``[a, b]`` to float precision) and
+``μ ∈ [a − 10σ, b + 10σ]`` (further out, the truncated density is a spike at the bound),
+clamped with an identity gradient so the KL still pulls an outlying μ back in.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 __all__ = [
     "delta_f_normal",
     "delta_f_uniform",
+    "effective",
     "gate_mean",
     "gate_sample",
     "gate_snr",
@@ -26,6 +32,7 @@ __all__ = [
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_LOG_SIGMA_MIN = math.log(1e-8)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -53,11 +60,39 @@ def log_ndtr_diff(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return torch.where(upper, up, down)
 
 
+class _ClampSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.maximum(x, lo), hi)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad, None, None
+
+
+def effective(
+    mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``(μ, log σ)`` within the numerically meaningful range (module docstring)."""
+    ls = log_sigma.double()
+    ls = _ClampSTE.apply(
+        ls, *(torch.full_like(ls, v) for v in (_LOG_SIGMA_MIN, math.log(10 * (b - a))))
+    )
+    sigma = ls.detach().exp()
+    mu_eff = _ClampSTE.apply(mu.double(), a - 10.0 * sigma, b + 10.0 * sigma)
+    return mu_eff, ls
+
+
 def _alpha_beta(
     mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    mu, log_sigma = effective(mu, log_sigma, a, b)
     sigma = log_sigma.exp()
-    return (a - mu) / sigma, (b - mu) / sigma, sigma
+    # beyond ±1e6 standard deviations a tail probability is 0 at float64 (log Φ's gradient is
+    # NaN past ~1e8): clamping there changes no value
+    alpha = ((a - mu) / sigma).clamp(-1e6, 1e6)
+    beta = ((b - mu) / sigma).clamp(-1e6, 1e6)
+    return alpha, beta, sigma, mu
 
 
 def gate_sample(
@@ -71,10 +106,10 @@ def gate_sample(
 
     ``γ = clamp(Φ(α) + u·Z, 1e−5, 1 − 1e−5)``, ``log θ = clamp(μ + σ·Φ⁻¹(γ), a, b)``.
     """
-    alpha, beta, sigma = _alpha_beta(mu, log_sigma, a, b)
+    alpha, beta, sigma, mu = _alpha_beta(mu, log_sigma, a, b)
     cdf_a = torch.special.ndtr(alpha)
     z = torch.special.ndtr(beta) - cdf_a
-    gamma = (cdf_a + u * z).clamp(1e-5, 1 - 1e-5)
+    gamma = (cdf_a + u.double() * z).clamp(1e-5, 1 - 1e-5)
     return (mu + sigma * torch.special.ndtri(gamma)).clamp(a, b)
 
 
@@ -83,14 +118,14 @@ def gate_mean(mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float) -> 
 
     ``E[e^x] = exp(μ + σ²/2) · (Φ(β − σ) − Φ(α − σ)) / (Φ(β) − Φ(α))``.
     """
-    alpha, beta, sigma = _alpha_beta(mu, log_sigma, a, b)
+    alpha, beta, sigma, mu = _alpha_beta(mu, log_sigma, a, b)
     log_z = log_ndtr_diff(alpha, beta)
     return torch.exp(mu + 0.5 * sigma**2 + log_ndtr_diff(alpha - sigma, beta - sigma) - log_z)
 
 
 def gate_snr(mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float) -> torch.Tensor:
     """``E[θ] / sd[θ]`` (the SNR baseline's criterion), from the first two moments in log space."""
-    alpha, beta, sigma = _alpha_beta(mu, log_sigma, a, b)
+    alpha, beta, sigma, mu = _alpha_beta(mu, log_sigma, a, b)
     log_z = log_ndtr_diff(alpha, beta)
     log_m1 = mu + 0.5 * sigma**2 + log_ndtr_diff(alpha - sigma, beta - sigma) - log_z
     log_m2 = 2 * mu + 2 * sigma**2 + log_ndtr_diff(alpha - 2 * sigma, beta - 2 * sigma) - log_z
@@ -106,14 +141,14 @@ def kl_to_log_uniform(
 
     ``KL = −log σ − log Z − ½log(2πe) + log(b − a) − (αφ(α) − βφ(β)) / (2Z)``.
     """
-    alpha, beta, _ = _alpha_beta(mu, log_sigma, a, b)
+    alpha, beta, sigma, _ = _alpha_beta(mu, log_sigma, a, b)
     log_z = log_ndtr_diff(alpha, beta)
 
     def phi_over_z(t: torch.Tensor) -> torch.Tensor:
         return torch.exp(-0.5 * t**2 - _LOG_SQRT_2PI - log_z)
 
     boundary = (alpha * phi_over_z(alpha) - beta * phi_over_z(beta)) / 2
-    return -log_sigma - log_z - _LOG_SQRT_2PI - 0.5 + math.log(b - a) - boundary
+    return -sigma.log() - log_z - _LOG_SQRT_2PI - 0.5 + math.log(b - a) - boundary
 
 
 def _log_z(m: torch.Tensor | float, s: torch.Tensor | float, a: float, b: float) -> torch.Tensor:
@@ -139,8 +174,8 @@ def delta_f_normal(
     (μ − μ̃_p)²/(σ² + σ̃_p²)``, which avoid subtracting two numbers of order 10¹⁴ at the
     default σ̃_p = 1e−6. ``reduced_mu`` defaults to ``a``. Prune where ΔF ≥ 0.
     """
-    mu = mu.detach().double()
-    sigma = log_sigma.detach().double().exp()
+    mu, ls = effective(mu.detach(), log_sigma.detach(), a, b)
+    sigma = ls.exp()
     m = float(a if reduced_mu is None else reduced_mu)
     s2 = float(reduced_sigma) ** 2
     var_q = 1.0 / (1.0 / sigma**2 + 1.0 / s2)
@@ -171,8 +206,8 @@ def delta_f_uniform(
     ``ΔF = log q([a′, b′]) − log[(b′ − a′)/(b − a)]``, ``q([a′,b′]) = (Φ((b′−μ)/σ) −
     Φ((a′−μ)/σ)) / Z_q``. Smaller ``p`` gives a wider reduced interval, so more units prune.
     """
-    mu = mu.detach().double()
-    sigma = log_sigma.detach().double().exp()
+    mu, ls = effective(mu.detach(), log_sigma.detach(), a, b)
+    sigma = ls.exp()
     lo, hi = -low_precision * math.log(2.0), -precision * math.log(2.0)
     return (
         log_ndtr_diff((lo - mu) / sigma, (hi - mu) / sigma)

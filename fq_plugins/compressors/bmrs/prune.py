@@ -44,11 +44,14 @@ def remove_zero_channels(
     producers: Sequence[nn.Module],
     masks: dict[nn.Module, torch.Tensor],
     example_input: torch.Tensor,
+    hosts: Sequence[nn.Module] = (),
 ) -> dict[str, Any]:
     """Remove, in place, every channel that is exactly zero by construction.
 
     ``masks`` maps each gated producer (conv/linear) to a bool tensor, True = pruned (its
-    gate has been folded to 0). Returns counts: ``removed`` channels per producer name and
+    gate has been folded to 0); ``hosts`` are the modules the gates were folded into (a
+    BatchNorm in a group that is not a host maps a zero channel to its shift, so such a
+    group is left alone). Returns counts: ``removed`` channels per producer name and
     ``kept_masked`` (masked, not removable) per producer name.
     """
     tp = _import_tp()
@@ -62,6 +65,7 @@ def remove_zero_channels(
     pruned = {m: masks[m].clone().bool() for m in producers}
     removed: dict[str, int] = {names[m]: 0 for m in producers}
     mixing = (nn.LayerNorm, nn.GroupNorm)
+    host_set = set(hosts)
     for prod in producers:
         zero = pruned[prod]
         if not bool(zero.any()):
@@ -72,7 +76,9 @@ def remove_zero_channels(
         for item in group.items:
             dep, idxs = item.dep, item.idxs
             target = dep.target.module
-            if isinstance(target, (*mixing, nn.Parameter)):
+            if isinstance(target, (*mixing, nn.Parameter)) or (
+                isinstance(target, nn.modules.batchnorm._BatchNorm) and target not in host_set
+            ):
                 removable = set()
                 break
             if not dg.is_out_channel_pruning_fn(dep.handler):

@@ -13,7 +13,12 @@ through per-unit operations. The rules (checked on a forward pass with an exampl
   reaches another linear layer through elementwise modules only (activations, dropout,
   identity) — the hidden units of an MLP, also inside transformer blocks: gate its output;
 * any other linear layer (attention q/k/v, projections into a residual stream whose
-  LayerNorm mixes units): not gated, with the reason recorded.
+  LayerNorm mixes units), a gate followed by an activation with f(0) ≠ 0 (sigmoid,
+  softplus) and transposed convs: not gated, with the reason recorded.
+
+Functional activations (``torch.sigmoid`` in ``forward``) are invisible to module hooks;
+``finalize`` therefore checks the removal on the example input and keeps the masked
+(unremoved) model if it is not exact.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.Hardswish,
     nn.Hardtanh,
     nn.Tanh,
-    nn.Sigmoid,
-    nn.Softplus,
     nn.Dropout,
     nn.Identity,
 )
+"""Modules with f(0) = 0 applied per unit: a zero unit stays zero through them."""
+_NONZERO_AT_ZERO: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, nn.SELU)
 _MIXING_NORMS: tuple[type[nn.Module], ...] = (nn.GroupNorm, nn.LayerNorm)
 
 
@@ -130,6 +135,9 @@ def find_gate_sites(
         if any(isinstance(c, _MIXING_NORMS) for c in direct):
             skipped[name] = "followed by a channel-mixing norm (GroupNorm/LayerNorm)"
             continue
+        if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+            skipped[name] = "transposed convolutions are not gated"
+            continue
         if isinstance(mod, nn.Linear):
             units, dim = mod.out_features, -1
         elif isinstance(mod, nn.modules.conv._ConvNd):
@@ -155,5 +163,10 @@ def find_gate_sites(
             continue
         else:
             host = mod
+        if any(isinstance(c, _NONZERO_AT_ZERO) for c in consumers.get(outputs[host], [])):
+            skipped[name] = (
+                "followed by an activation with f(0) ≠ 0 (a removed unit would not be zero)"
+            )
+            continue
         sites.append(GateSite(name, mod, names[host], host, dim, units))
     return sites, skipped
