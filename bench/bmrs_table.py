@@ -117,6 +117,12 @@ def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
                     on_epoch_end=lambda e, c=session.methods[0]: log(
                         f"    masked {c.history[-1]['masked_fraction']:.3f}" if c.history else ""))
         _, gated_logits = evaluate(m, test)
+        gates = session.methods[0]._gates()
+        mu = torch.cat([g.mu.detach() for g in gates])
+        sigma = torch.cat([g.log_sigma.detach() for g in gates]).exp()
+        posterior = {"median_mu": float(mu.median()), "frac_mu_below_mid": float((mu < -10).float().mean()),
+                     "frac_sigma_over_10": float((sigma > 10).float().mean()),
+                     "median_sigma": float(sigma.median())}
         final = session.finalize(m)
         _, final_logits = evaluate(final, test)
         st = session.stats()[0].extra
@@ -125,6 +131,7 @@ def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
             "masked_fraction": st["masked_fraction"], "removed_fraction": st["removed_fraction"],
             "finalize_max_abs_diff": float((final_logits - gated_logits).abs().max()),
             "latency_ratio": lat["ratio"], "latency": lat, "mask_history": st["mask_history"],
+            "posterior": posterior,
             "seconds": time.perf_counter() - t0,
         })
     return out
