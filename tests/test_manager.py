@@ -44,7 +44,7 @@ def on_path(monkeypatch):
 
 
 def test_builtins_register_every_family(pm):
-    assert pm.compressors.names() == ["codeq", "fairquant", "momos", "uniform"]
+    assert pm.compressors.names() == ["bmrs", "codeq", "fairquant", "momos", "uniform"]
     assert set(pm.metrics.names()) >= {"group_accuracy", "worst_group_accuracy", "accuracy_gap"}
     assert pm.meters.names() == ["codecarbon", "cpu_time", "nvml", "rapl"]
     assert pm.selectors.names() == ["random"]
