@@ -715,6 +715,7 @@ def _run_variant(
         stage_diffs.append(stage_diff)
         earlier_stats.extend(session.stats())
         log(f"[{vname}] stage {si + 1}/{len(stages)} finalized ({', '.join(m.name for m in session.methods)})")
+
     _, fake_logits = evaluate(model, test)
     compact: dict[str, int] = {}
     if out is not None:  # methods with a compact form of their own (MoMos) export it first
@@ -752,6 +753,12 @@ def _run_variant(
     rep.method_stats = [
         {"method": st.method, **st.extra} for st in [*earlier_stats, *session.stats()]
     ]
+    for ms in rep.method_stats:
+        if "removed_fraction" in ms:  # structural methods (BMRS): say what got smaller
+            log(
+                f"[{vname}] {ms['criterion']}: {ms['masked_fraction']:.1%} of {ms['units']} "
+                f"gated channels masked, {ms['removed_fraction']:.1%} removed"
+            )
     if out is not None:
         saved = save_compressed(final, session.bit_widths(), os.path.join(out, f"{vname}.fqz"))
         rep.checkpoint = {**dataclasses.asdict(saved), "compact_exports": compact}
