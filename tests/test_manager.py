@@ -188,7 +188,7 @@ def test_registration_hook_that_raises_is_reported(tmp_path, on_path):
         )
     )
     pm = get_plugin_manager()
-    assert pm.compressors.names() == ["codeq", "fairquant", "momos", "uniform"]
+    assert pm.compressors.names() == ["bmrs", "codeq", "fairquant", "momos", "uniform"]
     assert (
         "boom" in str(pm.load_errors[0]) and pm.load_errors[0].distribution == "fq-plugins-raises"
     )
