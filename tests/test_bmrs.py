@@ -669,3 +669,16 @@ def test_keep_one_unit_is_the_one_the_criterion_ranks_highest() -> None:
         fc.weight.copy_(torch.tensor([[0.1, 0, 0, 0], [0.3, 0, 0, 0], [0.2, 0, 0, 0.0]]))
     comp.update_masks()
     assert comp.sites[0].host.bmrs_gate.mask.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_finalize_computes_masks_when_no_epoch_ended() -> None:
+    pytest.importorskip("torch_pruning")
+    mlp = MLP(12, 3, hidden=8)
+    comp = _attach(mlp, torch.randn(2, 3, 2, 2))
+    with torch.no_grad():
+        comp.sites[0].host.bmrs_gate.mu[:3] = -19.5
+        comp.sites[0].host.bmrs_gate.log_sigma[:3] = 0.0
+    final = comp.finalize(mlp)
+    assert final.body[1].out_features == 5  # Flatten, Linear(12→8): 3 units removed
+    st = comp.stats().extra
+    assert st["mask_history"][-1].get("at_finalize") == 1.0 and st["removed"] == 3

@@ -310,6 +310,11 @@ class BMRSCompressor(Compressor):
         """Fold ``E[θ]·mask`` into each host, drop the gates, remove zero channels."""
         from .prune import remove_zero_channels
 
+        if not self.history and all(bool((g.mask == 1).all()) for g in self._gates()):
+            # no epoch ended and no mask was set (gates trained in a loop of the user's, or
+            # 0 epochs): this is the final compress, so the output differs from the unmasked one
+            self.update_masks()
+            self.history[-1]["at_finalize"] = 1.0
         masks: dict[nn.Module, torch.Tensor] = {}
         masked: dict[str, int] = {}
         for s in self.sites:
