@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 import torch
+from _ham import ham_split, parser, train_dense  # bench/_ham.py (the script folder is on sys.path)
 
 from fq_plugins.accounting import model_cost
 from fq_plugins.manager import get_plugin_manager
 from fq_plugins.protocols import AttachContext
-from fq_plugins.recipe import DataSpec
-from fq_plugins.run import build_datasets, evaluate, train_model
+from fq_plugins.run import evaluate, train_model
 from fq_plugins.session import CompressionSession
 
 RESULTS = Path(__file__).parent / "results" / "bmrs_table.json"
@@ -77,15 +77,8 @@ def latency_ratio(dense: torch.nn.Module, final: torch.nn.Module, x: torch.Tenso
 
 
 def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
-    import timm
-
-    spec = DataSpec(source="npz", path=path, test_fraction=0.2,
-                    group={"column": "age", "threshold": 60, "missing_values": [-1]})
-    train, test = build_datasets(spec, seed)
-    torch.manual_seed(seed)
-    dense = timm.create_model("resnet18", pretrained=False, num_classes=train.n_classes)
-    train_model(dense, train, epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=5e-4, seed=seed,
-                phase=f"fp32 seed {seed}", log=log)
+    train, test = ham_split(path, seed)
+    dense = train_dense(train, seed, args.epochs, log)
     pm = get_plugin_manager(autoload=False)
     x64 = test.x[:64]
     example = test.x[:1]
@@ -138,11 +131,7 @@ def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    default_data = Path(os.environ.get("FQ_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(default_data / "ham10000_sub_32.npz"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=20)
+    ap = parser(__doc__)
     ap.add_argument("--mask-epochs", type=int, default=6)
     ap.add_argument("--frozen-epochs", type=int, default=3)
     ap.add_argument("--gate-lr", type=float, default=0.02)

@@ -15,7 +15,6 @@ Writes bench/results/codeq_momos_table.json and prints mean ± std per variant.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import json
@@ -28,11 +27,11 @@ import time
 from pathlib import Path
 
 import torch
+from _ham import ham_split, parser, train_dense  # bench/_ham.py (the script folder is on sys.path)
 
 from fq_plugins.compressors.momos import complexity_report
 from fq_plugins.manager import get_plugin_manager
-from fq_plugins.recipe import DataSpec
-from fq_plugins.run import build_datasets, evaluate, train_model
+from fq_plugins.run import evaluate, train_model
 from fq_plugins.session import CompressionSession
 from fq_plugins.storage import save_compressed
 
@@ -56,16 +55,8 @@ def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def run_seed(path: str, seed: int, epochs: int, ft_epochs: int) -> dict:
-    import timm
-
-    # the library's own loader: stratified split (class × group), train-set standardization
-    spec = DataSpec(source="npz", path=path, test_fraction=0.2,
-                    group={"column": "age", "threshold": 60, "missing_values": [-1]})
-    train, test = build_datasets(spec, seed)
-    torch.manual_seed(seed)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=train.n_classes)
-    train_model(model, train, epochs=epochs, batch_size=64, lr=1e-3, weight_decay=5e-4, seed=seed,
-                phase=f"fp32 seed {seed}", log=log)
+    train, test = ham_split(path, seed)
+    model = train_dense(train, seed, epochs, log)
     pm = get_plugin_manager(autoload=False)
     out: dict = {}
     tmp = tempfile.mkdtemp(prefix="fq-bench-")
@@ -110,11 +101,7 @@ def run_seed(path: str, seed: int, epochs: int, ft_epochs: int) -> dict:
 
 
 def main() -> None:
-    default_data = Path(os.environ.get("FQ_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(default_data / "ham10000_sub_32.npz"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=20)
+    ap = parser(__doc__)
     ap.add_argument("--ft-epochs", type=int, default=5)
     args = ap.parse_args()
     if not Path(args.data).exists():

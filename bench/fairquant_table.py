@@ -21,7 +21,6 @@ Writes bench/results/fairquant_table.json and prints mean ± std per variant.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import json
@@ -33,14 +32,14 @@ import time
 from pathlib import Path
 
 import torch
+from _ham import ham_split, parser, train_dense  # bench/_ham.py (the script folder is on sys.path)
 
 from fq_plugins.data.base import iterate_batches
 from fq_plugins.fairness.regularizers import RegularizerSpec
 from fq_plugins.fairness.table import GroupConfusion
 from fq_plugins.manager import get_plugin_manager
 from fq_plugins.protocols import AttachContext
-from fq_plugins.recipe import DataSpec
-from fq_plugins.run import build_datasets, evaluate, train_model
+from fq_plugins.run import evaluate, train_model
 from fq_plugins.session import CompressionSession
 
 RESULTS = Path(__file__).parent / "results" / "fairquant_table.json"
@@ -69,17 +68,9 @@ def log(msg: str) -> None:
 
 
 def run_seed(path: str, seed: int, epochs: int, ft_epochs: int, only: list[str] | None) -> dict:
-    import timm
-
-    # the library's own loader: stratified split (class × group), train-set standardization
-    spec = DataSpec(source="npz", path=path, test_fraction=0.2,
-                    group={"column": "age", "threshold": 60, "missing_values": [-1]})
-    train, test = build_datasets(spec, seed)
-    torch.manual_seed(seed)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=train.n_classes)
+    train, test = ham_split(path, seed)
     t0 = time.perf_counter()
-    train_model(model, train, epochs=epochs, batch_size=64, lr=1e-3, weight_decay=5e-4, seed=seed,
-                phase=f"fp32 seed {seed}", log=log)
+    model = train_dense(train, seed, epochs, log)
     out: dict = {"groups": train.group_names, "classes": train.class_names, "n_train": len(train), "n_test": len(test)}
     pm = get_plugin_manager(autoload=False)
 
@@ -156,11 +147,7 @@ def print_table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    default_data = Path(os.environ.get("FQ_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(default_data / "ham10000_sub_32.npz"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=20)
+    ap = parser(__doc__)
     ap.add_argument("--ft-epochs", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="variants to run (default: all)")
     ap.add_argument("--report-only", action="store_true", help="recompute the table from the JSON")
