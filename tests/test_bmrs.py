@@ -169,8 +169,15 @@ def test_log_ndtr_diff_is_stable_in_both_tails() -> None:
 
 @pytest.mark.parametrize(
     "mu,ls",
-    [(40.0, -5.0), (0.05, -12.0), (0.2, -5.0), (-60.0, -5.0), (1.0, -25.0), (-10.0, 9.0),
-     (-3.0, 20.0)],
+    [
+        (40.0, -5.0),
+        (0.05, -12.0),
+        (0.2, -5.0),
+        (-60.0, -5.0),
+        (1.0, -25.0),
+        (-10.0, 9.0),
+        (-3.0, 20.0),
+    ],
 )
 def test_float32_parameters_far_outside_give_the_effective_values(mu: float, ls: float) -> None:
     """float32 gates with μ many σ outside [a, b] or a huge σ: KL and E[θ] equal quadrature
@@ -244,9 +251,9 @@ def test_gate_placement_resnet_and_mlp() -> None:
     assert [s.units for s in comp.sites] == [16, 16] and "head" in comp.skipped
 
 
-def test_vit_gates_only_mlp_hidden_units() -> None:
-    timm = pytest.importorskip("timm")
-    m = timm.create_model(
+def _tiny_deit(timm) -> nn.Module:
+    """DeiT-tiny's architecture at 32 px, 2 blocks, width 48 (built from config, no weights)."""
+    return timm.create_model(
         "deit_tiny_patch16_224",
         pretrained=False,
         num_classes=5,
@@ -256,6 +263,11 @@ def test_vit_gates_only_mlp_hidden_units() -> None:
         embed_dim=48,
         num_heads=3,
     )
+
+
+def test_vit_gates_only_mlp_hidden_units() -> None:
+    timm = pytest.importorskip("timm")
+    m = _tiny_deit(timm)
     comp = _attach(m, torch.randn(2, 3, 32, 32))
     assert sorted(s.name for s in comp.sites) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
     for name in ("blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc2", "head"):
@@ -401,16 +413,7 @@ def test_finalize_mlp_and_vit_hidden_units() -> None:
     masked = int(sum((s.host.bmrs_gate.mask == 0).sum() for s in comp.sites))
     res = _check_removal(mlp, comp, x)
     assert res["stats"]["removed"] == masked  # every masked MLP unit is removable
-    vit = timm.create_model(
-        "deit_tiny_patch16_224",
-        pretrained=False,
-        num_classes=5,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        embed_dim=48,
-        num_heads=3,
-    )
+    vit = _tiny_deit(timm)
     x = torch.randn(2, 3, 32, 32)
     comp = _attach(vit, x)
     _random_masks(comp, 0.5, 3)
@@ -613,8 +616,14 @@ def test_inexact_removal_keeps_the_masked_model() -> None:
 
 def test_activation_nonzero_at_zero_is_not_gated() -> None:
     net = nn.Sequential(
-        nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.Sigmoid(),
-        nn.Conv2d(6, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3),
+        nn.Conv2d(3, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.Sigmoid(),
+        nn.Conv2d(6, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.LazyLinear(3),
     )
     x = torch.randn(2, 3, 8, 8)
     net(x)
