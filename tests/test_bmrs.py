@@ -691,3 +691,18 @@ def test_finalize_computes_masks_when_no_epoch_ended() -> None:
     assert final.body[1].out_features == 5  # Flatten, Linear(12→8): 3 units removed
     st = comp.stats().extra
     assert st["mask_history"][-1].get("at_finalize") == 1.0 and st["removed"] == 3
+
+
+def test_missing_pruning_extra_is_reported_at_attach(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import raises ImportError
+    mlp = MLP(12, 3)
+    comp = BMRSCompressor()
+    with pytest.raises(ConfigError, match=r"pip install 'fq-plugins\[pruning\]'"):
+        comp.attach(
+            mlp,
+            select_targets(mlp, comp.config.targets),
+            AttachContext(example_input=torch.randn(2, 3, 2, 2)),
+        )
+    assert not any(hasattr(m, "bmrs_gate") for m in mlp.modules())

@@ -168,6 +168,9 @@ class BMRSCompressor(Compressor):
         targets: Sequence[tuple[str, nn.Module]],
         context: AttachContext | None = None,
     ) -> None:
+        from .prune import require_torch_pruning
+
+        require_torch_pruning()  # finalize needs it: say so before any training is spent
         cfg = self.config
         x = _example_input(context)
         self.example_input = x

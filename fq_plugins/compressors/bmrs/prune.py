@@ -19,13 +19,14 @@ from torch import nn
 
 from ...errors import ConfigError
 
-__all__ = ["remove_zero_channels"]
+__all__ = ["remove_zero_channels", "require_torch_pruning"]
 
 
-def _import_tp() -> Any:
+def require_torch_pruning() -> Any:
+    """The ``torch_pruning`` module, or a ConfigError naming the extra to install."""
     try:
         import torch_pruning as tp
-    except ImportError as exc:  # pragma: no cover - exercised by an env without the extra
+    except ImportError as exc:
         raise ConfigError(
             "bmrs finalize removes pruned channels with torch-pruning, which is not installed. "
             "Install it with `pip install 'fq-plugins[pruning]'` (or `torch-pruning`)."
@@ -54,7 +55,7 @@ def remove_zero_channels(
     group is left alone). Returns counts: ``removed`` channels per producer name and
     ``kept_masked`` (masked, not removable) per producer name.
     """
-    tp = _import_tp()
+    tp = require_torch_pruning()
     was_training = model.training
     model.eval()
     names = {m: n for n, m in model.named_modules()}
