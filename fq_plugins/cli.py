@@ -10,10 +10,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, FQError
+
+if TYPE_CHECKING:
+    from .manager import FQPluginManager
 
 __all__ = ["main"]
 
@@ -120,62 +123,98 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cmd_plugins(args: argparse.Namespace) -> int:
+def _plugin_manager(*, refuse_conflicts: bool = False) -> FQPluginManager:
+    """Build the plugin manager, printing every load error as a warning on stderr.
+
+    :param refuse_conflicts: raise the first name conflict (``DuplicateNameError``, exit
+        status 2), after printing any further ones as warnings; otherwise print them all as
+        warnings.
+    """
     from .manager import get_plugin_manager
 
     pm = get_plugin_manager()
+    for err in pm.load_errors:
+        print(f"warning: {err}", file=sys.stderr)
+    conflicts = pm.conflicts()
+    for conflict in conflicts[1:] if refuse_conflicts else conflicts:
+        print(f"warning: {conflict}", file=sys.stderr)
+    if refuse_conflicts:
+        pm.check_conflicts()
+    return pm
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    pm = _plugin_manager()
     infos = pm.plugin_infos()
+    conflicts = [
+        {"family": family, "name": name, "plugins": plugins}
+        for family, reg in pm.registries.items()
+        for name, plugins in reg.conflicts().items()
+    ]
     if args.json:
         print(
             json.dumps(
                 {
                     "plugins": [i.to_dict() for i in infos],
                     "errors": [str(e) for e in pm.load_errors],
+                    "conflicts": conflicts,
                 },
                 indent=2,
             )
         )
     else:
+        others = {
+            (c["family"], c["name"], p): [q for q in c["plugins"] if q != p]
+            for c in conflicts
+            for p in c["plugins"]
+        }
         for i in infos:
             kind = "built-in" if i.builtin else "third-party"
             print(f"{i.name}  ({i.distribution} {i.version}, {kind})")
             print(f"  hooks: {', '.join(i.hooks)}")
             for fam, names in sorted(i.registered.items()):
-                print(f"  {fam}: {', '.join(names)}")
-    for e in pm.load_errors:
-        print(f"warning: {e}", file=sys.stderr)
-    return 1 if pm.load_errors else 0
+                shown = [
+                    f"{n} (conflict: also {', '.join(others[fam, n, i.name])})"
+                    if (fam, n, i.name) in others
+                    else n
+                    for n in names
+                ]
+                print(f"  {fam}: {', '.join(shown)}")
+    return 1 if pm.load_errors or conflicts else 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .manager import get_plugin_manager
-
-    pm = get_plugin_manager()
+    pm = _plugin_manager()
     reg = pm.registries[args.family]
     if args.json:
         print(
             json.dumps(
-                [{"name": e.name, "description": e.description, "plugin": e.plugin} for e in reg],
+                [
+                    {
+                        "name": e.name,
+                        "description": e.description,
+                        "plugin": e.plugin,
+                        "plugins": e.plugins,
+                        "conflict": e.conflict,
+                    }
+                    for e in reg
+                ],
                 indent=2,
             )
         )
     else:
         width = max((len(e.name) for e in reg), default=0)
         for e in reg:
-            print(f"{e.name.ljust(width)}  {e.description}")
-    for err in pm.load_errors:
-        print(f"warning: {err}", file=sys.stderr)
+            mark = f"  [conflict: {' and '.join(e.plugins)}]" if e.conflict else ""
+            print(f"{e.name.ljust(width)}  {e.description}{mark}")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .manager import get_plugin_manager
     from .recipe import load_recipe
     from .run import run
 
-    pm = get_plugin_manager()
-    for err in pm.load_errors:
-        print(f"warning: {err}", file=sys.stderr)
+    pm = _plugin_manager(refuse_conflicts=True)
     overrides = _parse_set(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -217,7 +256,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    pm = _plugin_manager(refuse_conflicts=True)
+    recipe = load_recipe(args.recipe, plugin_manager=pm)
     print(json.dumps(recipe.model_dump(mode="json"), indent=2))
     return 0
 

@@ -1,9 +1,11 @@
 """Every hook fq-plugins calls, typed and documented.
 
 Registration hooks follow the llm/datasette pattern: the host passes a ``register``
-callable and keeps control of validation and duplicate names. They are called once per
-plugin manager, when its registries are first built, one plugin at a time so that every
-registered name is attributed to the plugin that registered it.
+callable (:class:`RegisterFn`) and keeps control of validation and duplicate names. They are
+called once per plugin, when the plugin manager is built (``get_plugin_manager()``; for a
+plugin added later, by ``FQPluginManager.register``), one plugin at a time so that every
+registered name is attributed to the plugin that registered it. A plugin's registrations
+take effect only when all its registration hooks return: one that raises registers nothing.
 
 Event hooks are observers: every implementation is called (pluggy's default "call all"
 convention, newest plugin first), results are ignored, and an exception propagates to
@@ -15,8 +17,7 @@ a hook lacks that section or a test.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._markers import hookspec
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from .protocols import EnergyReading
+    from .registry import LazyPlugin
     from .report import EvaluationReport, RunReport
     from .session import CompressionSession
 
@@ -39,8 +41,24 @@ __all__ = [
     "fq_register_fairness_metrics",
 ]
 
-RegisterFn = Callable[..., None]
-"""``register(cls, name=None)``: add a plugin class; ``name`` defaults to ``cls.name``."""
+
+class RegisterFn(Protocol):
+    """The ``register`` callable a registration hook receives."""
+
+    def __call__(self, cls: type[Any] | LazyPlugin, name: str | None = None) -> None:
+        """Register a plugin class of the hook's family under ``name``.
+
+        :param cls: the class (it must subclass the family's base, e.g. ``Compressor``), or a
+            :class:`~fq_plugins.registry.LazyPlugin` reference ``LazyPlugin("pkg.mod:Class",
+            name=..., description=...)``, imported and checked only when the name is used.
+        :param name: the registered name; default ``cls.name`` (the reference's ``name``).
+        :raises FQError: ``cls`` is not a class or reference of the family, has no name, or
+            this plugin already registered ``name``. Inside the hook, letting it propagate
+            makes the plugin register nothing (reported as a ``PluginLoadError``). A name that
+            *another* plugin registered is not raised here: it is recorded as a conflict, and
+            using the name (or ``fq-plugins run``/``validate``) raises ``DuplicateNameError``
+            naming both plugins.
+        """
 
 
 # --- registration hooks -------------------------------------------------------------
@@ -50,11 +68,13 @@ RegisterFn = Callable[..., None]
 def fq_register_compressors(register: RegisterFn) -> None:
     """Contribute :class:`~fq_plugins.protocols.Compressor` subclasses.
 
-    Called once per plugin manager, for each plugin separately; the return value is ignored.
+    Called once per plugin, when the plugin manager is built; the return value is ignored.
 
-    :param register: ``register(cls, name=None)``. ``cls`` must subclass ``Compressor`` and
-        carry a pydantic ``Config``; ``name`` defaults to ``cls.name``. Registering a name
-        that another plugin already registered raises ``DuplicateNameError`` naming both.
+    :param register: ``register(cls, name=None)`` (:class:`RegisterFn`). ``cls`` must
+        subclass ``Compressor`` and carry a pydantic ``Config``, or be a ``LazyPlugin``
+        reference to such a class; ``name`` defaults to ``cls.name``. A name that another
+        plugin also registers is a conflict: using it raises ``DuplicateNameError`` naming
+        both.
     """
 
 
@@ -62,9 +82,10 @@ def fq_register_compressors(register: RegisterFn) -> None:
 def fq_register_fairness_metrics(register: RegisterFn) -> None:
     """Contribute :class:`~fq_plugins.protocols.FairnessMetric` subclasses.
 
-    Called once per plugin manager, for each plugin separately; the return value is ignored.
+    Called once per plugin, when the plugin manager is built; the return value is ignored.
 
-    :param register: ``register(cls, name=None)``; see ``fq_register_compressors``.
+    :param register: ``register(cls, name=None)`` (:class:`RegisterFn`); see
+        ``fq_register_compressors``.
     """
 
 
@@ -72,9 +93,10 @@ def fq_register_fairness_metrics(register: RegisterFn) -> None:
 def fq_register_energy_meters(register: RegisterFn) -> None:
     """Contribute :class:`~fq_plugins.protocols.EnergyMeter` subclasses.
 
-    Called once per plugin manager, for each plugin separately; the return value is ignored.
+    Called once per plugin, when the plugin manager is built; the return value is ignored.
 
-    :param register: ``register(cls, name=None)``; see ``fq_register_compressors``.
+    :param register: ``register(cls, name=None)`` (:class:`RegisterFn`); see
+        ``fq_register_compressors``.
     """
 
 
@@ -82,9 +104,10 @@ def fq_register_energy_meters(register: RegisterFn) -> None:
 def fq_register_data_selectors(register: RegisterFn) -> None:
     """Contribute :class:`~fq_plugins.protocols.DataSelector` subclasses (coresets).
 
-    Called once per plugin manager, for each plugin separately; the return value is ignored.
+    Called once per plugin, when the plugin manager is built; the return value is ignored.
 
-    :param register: ``register(cls, name=None)``; see ``fq_register_compressors``.
+    :param register: ``register(cls, name=None)`` (:class:`RegisterFn`); see
+        ``fq_register_compressors``.
     """
 
 
