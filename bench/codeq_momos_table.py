@@ -90,11 +90,11 @@ def run_seed(path: str, seed: int, epochs: int, ft_epochs: int) -> dict:
                     seed=seed + 1, session=session, phase=f"{name} seed {seed}", log=lambda s: None)
         files: dict[str, int] = {}
         for meth in session.methods:
-            if hasattr(meth, "export_compact"):
-                p = os.path.join(tmp, f"{name}.momos")
-                files["momos"] = int(meth.export_compact(p))
+            written = meth.export_compact(os.path.join(tmp, f"{name}.{meth.name}"))
+            if written is not None:  # a compact form of its own (MoMos)
+                files[meth.name] = int(written)
         final = session.finalize(m)
-        saved = save_compressed(final, session.bit_widths(), os.path.join(tmp, f"{name}.fqz"))
+        saved = save_compressed(final, session.storage_codes(), os.path.join(tmp, f"{name}.fqz"))
         files["fqz"] = saved.file_bytes
         record(name, final, session, files, time.perf_counter() - t0)
     return out

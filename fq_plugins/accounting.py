@@ -27,16 +27,53 @@ from typing import Any, cast
 import torch
 from torch.nn.utils import parametrize
 
-from .targets import MODULE_TYPES
+from .targets import WEIGHT_LAYER_TYPES
 
-__all__ = ["BITS_CONVENTION", "LayerCost", "ModelCost", "count_macs", "model_cost"]
+__all__ = [
+    "BITS_CONVENTION",
+    "UNQUANTIZED_BITS",
+    "LayerCost",
+    "ModelCost",
+    "average_bits",
+    "count_macs",
+    "layer_packed_bytes",
+    "model_cost",
+    "weight_params_total",
+]
+
+UNQUANTIZED_BITS = 32.0
+"""Bits a Conv/Linear weight no method quantizes counts as."""
 
 BITS_CONVENTION = (
     "avg bits over Conv/Linear weights (unquantized = 32); packed size = b-bit codes + "
     "fp32 per-channel scales + other tensors at their dtype; BOPs = MACs·b_w·b_a·density"
 )
 
-_WEIGHT_TYPES = MODULE_TYPES["conv"] + MODULE_TYPES["linear"]
+_WEIGHT_TYPES = WEIGHT_LAYER_TYPES
+
+
+def weight_params_total(model: torch.nn.Module) -> int:
+    """Number of Conv/Linear weight parameters (the average-bits denominator)."""
+    return sum(
+        cast(torch.Tensor, m.weight).numel() for m in model.modules() if isinstance(m, _WEIGHT_TYPES)
+    )
+
+
+def average_bits(quantized_bit_params: Any, untargeted_params: int, total_params: int) -> Any:
+    """Parameter-weighted average bits: ``(Σ n·b over quantized + 32·untargeted) / total``.
+
+    ``quantized_bit_params`` may be a float or a tensor (then the result is one, and keeps
+    its gradient).
+    """
+    return (quantized_bit_params + UNQUANTIZED_BITS * untargeted_params) / max(total_params, 1)
+
+
+def layer_packed_bytes(params: int, total_bits: float, channels: int, quantized: bool) -> int:
+    """Stored bytes of one layer's weight: ``⌈Σ n_c·b_c / 8⌉`` codes + a float32 scale per
+    channel when quantized, else ``4·n``."""
+    if not quantized:
+        return 4 * params
+    return math.ceil(total_bits / 8) + 4 * channels
 
 
 @dataclasses.dataclass
@@ -50,6 +87,8 @@ class LayerCost:
     sparsity: float
     macs: int
     quantized: bool
+    packed_bytes: int = 0
+    """This layer's weight as stored (see :func:`layer_packed_bytes`)."""
 
 
 @dataclasses.dataclass
@@ -152,7 +191,7 @@ def model_cost(
     if macs is None:
         macs = count_macs(model, example_input) if example_input is not None else {}
     layers: list[LayerCost] = []
-    packed_bits = 0
+    packed_layer = 0
     packed_extra_bytes = 0
     fp32_bytes = 0
     weighted_bits = 0.0
@@ -164,8 +203,11 @@ def model_cost(
     bops_fp32 = 0.0
     eff_ops = 0.0
     internal: set[int] = set()
+    from .protocols import MethodState
+
     for _name, mod in model.named_modules():
-        if isinstance(mod, parametrize.ParametrizationList):
+        # transform internals and methods' schedules are not part of the stored model
+        if isinstance(mod, parametrize.ParametrizationList | MethodState):
             internal.update(id(m) for m in mod.modules())
     for name, mod in model.named_modules():
         if id(mod) in internal:
@@ -193,7 +235,7 @@ def model_cost(
         b = bits.get(name)
         quantized = b is not None
         if b is None:
-            bc = torch.full((c,), 32.0, dtype=torch.float64)
+            bc = torch.full((c,), UNQUANTIZED_BITS, dtype=torch.float64)
         else:
             bc = torch.as_tensor(b, dtype=torch.float64).flatten()
             if bc.numel() == 1:
@@ -210,17 +252,14 @@ def model_cost(
         channel_bits_sum += float(bc.sum())
         n_channels += c
         fp32_bytes += n * 4
-        if quantized:
-            packed_bits += math.ceil(layer_bits / 8) * 8
-            packed_extra_bytes += 4 * c  # fp32 scale per channel
-        else:
-            packed_bits += n * 32
+        layer_bytes = layer_packed_bytes(n, layer_bits, c, quantized)
+        packed_layer += layer_bytes
         m = int(macs.get(name, 0))
         density = 1.0 - nz / n
         bw = layer_bits / n
         bops += m * bw * act_bits * density
-        bops_fp32 += m * 32.0 * 32.0
-        eff_ops += 2.0 * m * bw / 32.0
+        bops_fp32 += m * UNQUANTIZED_BITS * UNQUANTIZED_BITS
+        eff_ops += 2.0 * m * bw / UNQUANTIZED_BITS
         layers.append(
             LayerCost(
                 name=name,
@@ -232,13 +271,14 @@ def model_cost(
                 sparsity=nz / n,
                 macs=m,
                 quantized=quantized,
+                packed_bytes=layer_bytes,
             )
         )
     return ModelCost(
         avg_bits_param=weighted_bits / n_weights if n_weights else math.nan,
         avg_bits_channel=channel_bits_sum / n_channels if n_channels else math.nan,
         sparsity=zeros / n_weights if n_weights else 0.0,
-        packed_bytes=packed_bits // 8 + packed_extra_bytes,
+        packed_bytes=packed_layer + packed_extra_bytes,
         fp32_bytes=fp32_bytes,
         weight_params=n_weights,
         macs=sum(int(v) for v in macs.values()),

@@ -6,10 +6,11 @@ check the behaviour). Methods that a family does not need keep the base implemen
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .targets import TargetSpec
 
 if TYPE_CHECKING:
+    from .compressors.ops import QuantCodes
+    from .engine.installers import Installer
     from .fairness.table import GroupConfusion
 
 __all__ = [
@@ -28,9 +31,12 @@ __all__ = [
     "EnergyMeter",
     "EnergyReading",
     "FairnessMetric",
+    "InstalledTransform",
     "LayerStats",
     "MethodConfig",
+    "MethodState",
     "MetricResult",
+    "StorageSize",
 ]
 
 
@@ -67,8 +73,11 @@ class AttachContext:
     example_input: torch.Tensor | None = None
     """A small input batch for methods that trace the model (BMRS); else the first
     calibration batch is used."""
+    installer: Installer | None = None
+    """Where weight transforms go (default: parametrize); the adapters pass their own."""
 
     def iter_calib(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """``(x, y, group)`` batches; mapping batches are read with ``group_key``."""
         if self.calib_batches is None:
             from .errors import ConfigError
 
@@ -76,7 +85,9 @@ class AttachContext:
                 "this method needs calibration batches but none were given; pass "
                 "AttachContext(calib_batches=...) or run it through `fq-plugins run`"
             )
-        return iter(self.calib_batches())
+        from .engine.batches import unpack_batch
+
+        return (unpack_batch(b, group_key=self.group_key) for b in self.calib_batches())
 
 
 @dataclasses.dataclass
@@ -100,18 +111,85 @@ class CompressionStats:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class StorageSize:
+    """A method's own stored form for some layers (MoMos: k motifs + indices).
+
+    ``layers`` are module names whose weights it covers; ``bytes`` replaces their dense
+    packed bytes in the accounting.
+    """
+
+    layers: tuple[str, ...]
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InstalledTransform:
+    """One weight transform a method installed: on ``module.<param>``, named ``name``."""
+
+    name: str
+    module: torch.nn.Module
+    param: str
+    transform: torch.nn.Module
+
+
+class MethodState(torch.nn.Module):
+    """Method-wide state that must survive ``state_dict`` (schedules, counters, scores).
+
+    Tensors go in with :meth:`put` (buffers; names may contain dots); JSON-able records
+    in :attr:`record` travel as ``get_extra_state``. A method adds it to the model with
+    :meth:`Compressor.add_state`, so checkpoints and DDP carry it like any buffer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record: dict[str, Any] = {}
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "__") or "_root"
+
+    def put(self, name: str, value: torch.Tensor) -> None:
+        """Store ``value`` (a copy) under ``name``; replaces an earlier value of that name."""
+        key = self._key(name)
+        if key in self._buffers:
+            self._buffers[key] = value.detach().clone()
+        else:
+            self.register_buffer(key, value.detach().clone())
+
+    def get(self, name: str) -> torch.Tensor:
+        return cast(torch.Tensor, self._buffers[self._key(name)])
+
+    def has(self, name: str) -> bool:
+        return self._key(name) in self._buffers
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self.record)
+
+    def set_extra_state(self, state: Any) -> None:
+        self.record = copy.deepcopy(dict(state))
+
+
 class Compressor:
     """A compression method.
 
     Life cycle: ``__init__(config)`` → ``attach(model, targets)`` (before any optimizer is
-    built: all state goes into the model as parametrizations, buffers or parameters, so
+    built: all state goes into the model as transforms, buffers or parameters, so
     ``state_dict``, DDP and checkpoints carry it) → training with ``penalty()`` added to the
-    loss and ``on_step``/``on_epoch_end`` called → ``stats()`` → ``finalize(model)``.
+    loss and ``on_step``/``on_epoch_end`` called → ``stats()`` → ``before_finalize()`` →
+    ``storage_codes()`` → ``finalize(model)``.
+
+    Capabilities are typed here, never read from side channels: :attr:`structural`,
+    :meth:`act_bits`, :meth:`storage_codes`, :meth:`storage_size`, :meth:`export_compact`,
+    :meth:`summary`. Hosts and storage call these and name no method.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    structural: ClassVar[bool] = False
+    """True when ``finalize`` changes the model's shape (BMRS removes channels): hosts then
+    train and finalize the method in a stage of its own, before the others attach."""
 
     def __init__(self, config: MethodConfig | None = None, **kwargs: Any) -> None:
         if config is None:
@@ -120,6 +198,79 @@ class Compressor:
             raise TypeError("pass either a Config or keyword arguments, not both")
         self.config = config
         self.attached: list[tuple[str, torch.nn.Module]] = []
+        self.transforms: list[InstalledTransform] = []
+        self.installer: Installer | None = None
+        self._final_codes: dict[str, QuantCodes] | None = None
+        self._state: MethodState | None = None
+
+    # --- helpers for implementations -------------------------------------------------
+
+    def _get_installer(self) -> Installer:
+        if self.installer is None:
+            from .engine.installers import default_installer
+
+            self.installer = default_installer()
+        return self.installer
+
+    def install_transform(
+        self, name: str, module: torch.nn.Module, transform: torch.nn.Module, param: str = "weight"
+    ) -> None:
+        """Put ``transform`` on ``module.<param>`` through the host's installer; remembered
+        for :meth:`bake_transforms` and :meth:`storage_codes`."""
+        self._get_installer().install(module, param, transform)
+        self.transforms.append(InstalledTransform(name, module, param, transform))
+
+    def find_transform(
+        self, module: torch.nn.Module, kinds: type | tuple[type, ...], param: str = "weight"
+    ) -> torch.nn.Module | None:
+        """The first transform on ``module.<param>`` that is an instance of ``kinds``."""
+        for t in self._get_installer().transforms(module, param):
+            if isinstance(t, kinds):
+                return t
+        return None
+
+    def original(self, module: torch.nn.Module, param: str = "weight") -> torch.Tensor:
+        """The trainable tensor under any transforms on ``module.<param>``."""
+        return self._get_installer().original(module, param)
+
+    def add_state(self, host: torch.nn.Module) -> MethodState:
+        """Add this method's :class:`MethodState` to ``host`` (typically its first target) as
+        the child ``fq_state_<name>``; :meth:`remove_state` takes it out at finalize."""
+        attr = self._state_attr()
+        if attr in host._modules:
+            raise ValueError(
+                f"{type(host).__name__} already carries state of a {self.name!r} method; "
+                "attach one instance per module"
+            )
+        state = MethodState()
+        host.add_module(attr, state)
+        self._state = state
+        self._state_host = host
+        return state
+
+    def remove_state(self) -> None:
+        host = getattr(self, "_state_host", None)
+        if host is not None:
+            host._modules.pop(self._state_attr(), None)
+
+    @property
+    def state(self) -> MethodState:
+        if self._state is None:
+            raise RuntimeError(f"{self.name}: no state before attach")
+        return self._state
+
+    def _state_attr(self) -> str:
+        return "fq_state_" + "".join(c if c.isalnum() else "_" for c in self.name)
+
+    def bake_transforms(self) -> None:
+        """Record :meth:`storage_codes`, then bake every transform this method installed."""
+        if self._final_codes is None:
+            self._final_codes = self.storage_codes()
+        installer = self._get_installer()
+        for t in self.transforms:
+            installer.bake(t.module, t.param)
+
+    # --- the protocol ---------------------------------------------------------------
 
     def attach(
         self,
@@ -155,6 +306,41 @@ class Compressor:
     def stats(self) -> CompressionStats:
         """Per-layer facts (bit-widths…) for accounting."""
         return CompressionStats(method=self.name)
+
+    def act_bits(self) -> float | None:
+        """Activation bits the method fake-quantizes inputs to (BOPs), or None (float)."""
+        return None
+
+    def storage_codes(self) -> dict[str, QuantCodes]:
+        """Exact integer codes of every weight this method quantizes, by module name.
+
+        Default: every installed transform with a ``quant_codes(w)`` method is asked for the
+        codes of the value entering it. After :meth:`bake_transforms` the recorded codes.
+        """
+        if self._final_codes is not None:
+            return dict(self._final_codes)
+        installer = self._get_installer()
+        out: dict[str, QuantCodes] = {}
+        for t in self.transforms:
+            fn = getattr(t.transform, "quant_codes", None)
+            if callable(fn) and t.transform in installer.transforms(t.module, t.param):
+                out[t.name] = fn(installer.input_of(t.module, t.param, t.transform))
+        return out
+
+    def storage_size(self) -> StorageSize | None:
+        """The method's own stored form for some layers (replaces their packed bytes)."""
+        return None
+
+    def export_compact(self, path: str) -> int | None:
+        """Write the method's compact form to ``path``; bytes written, or None (no form)."""
+        return None
+
+    def summary(self) -> str | None:
+        """One line for the log after finalize (``x % of N channels removed``), or None."""
+        return None
+
+    def before_finalize(self) -> None:
+        """Last adjustment before codes are taken and weights baked (BAQ: budget projection)."""
 
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
         """Bake the method in; return a plain model with the same outputs."""

@@ -269,7 +269,7 @@ def _validate_methods(v: Any, info: ValidationInfo, key: str) -> Any:
     pm = (info.context or {}).get("plugin_manager")
     if pm is None or not isinstance(v, list):
         return v
-    from .session import plan_stages
+    from .engine.pipeline import plan_stages
 
     out = [validate_method_config(item, pm, key=f"{key}[{i}]") for i, item in enumerate(v)]
     plan_stages(out, pm, key=key)

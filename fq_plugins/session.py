@@ -2,58 +2,35 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .accounting import ModelCost, model_cost
+from .accounting import UNQUANTIZED_BITS, ModelCost, model_cost
 from .errors import ConfigError
 from .protocols import AttachContext, CompressionStats, Compressor, MethodConfig
 from .targets import select_targets
 
 if TYPE_CHECKING:
+    from .compressors.ops import QuantCodes
     from .manager import FQPluginManager
 
-__all__ = ["CompressionSession", "is_structural", "plan_stages"]
+__all__ = ["CompressionSession", "is_structural"]
 
 
 def is_structural(method: Compressor | type[Compressor]) -> bool:
     """True for methods that change the model's shape at finalize (BMRS removes channels)."""
-    return bool(getattr(method, "structural", False))
+    return bool(method.structural)
 
 
-def plan_stages(
-    configs: Sequence[MethodConfig], pm: FQPluginManager, *, key: str = "compress"
-) -> list[list[int]]:
-    """Split a pipeline into stages (lists of indices) that each get a session of their own.
+def __getattr__(name: str) -> object:
+    if name == "plan_stages":  # moved to the engine; kept importable from here
+        from .engine.pipeline import plan_stages
 
-    A structural method (``structural = True``: it changes shapes at finalize) is trained
-    and finalized alone, before the methods after it attach to the smaller model (prune,
-    then quantize). It must come before every other method: a quantizer's per-channel bits
-    would no longer match the channels a later pruning leaves.
-    """
-    stages: list[list[int]] = []
-    seen_plain = False
-    for i, cfg in enumerate(configs):
-        cls = pm.compressors.get(cfg.method, key=f"{key}[{i}].method")
-        if is_structural(cls):
-            if seen_plain:
-                raise ConfigError(
-                    f"{cfg.method!r} changes the model's shape (it removes channels), so it must "
-                    "come before the other methods of the pipeline: move it to the front "
-                    "(prune first, then quantize the smaller model)",
-                    key=f"{key}[{i}].method",
-                )
-            stages.append([i])
-        else:
-            if not stages or is_structural(pm.compressors.get(configs[stages[-1][0]].method)):
-                stages.append([])
-            stages[-1].append(i)
-            seen_plain = True
-    return stages
+        return plan_stages
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CompressionSession:
@@ -93,6 +70,7 @@ class CompressionSession:
         self.finalized = False
         self._final_bits: dict[str, torch.Tensor] | None = None
         self._final_stats: list[CompressionStats] | None = None
+        self._final_codes: dict[str, QuantCodes] | None = None
 
     @classmethod
     def from_configs(
@@ -124,6 +102,8 @@ class CompressionSession:
             raise RuntimeError("this session is already attached; create a new session per model")
         for i, method in enumerate(self.methods, start=self.first_index):
             targets = select_targets(model, method.config.targets, key=f"{self.key}[{i}].targets")
+            if context is not None and context.installer is not None:
+                method.installer = context.installer
             try:
                 method.attach(model, targets, context)
             except ConfigError as exc:
@@ -187,12 +167,18 @@ class CompressionSession:
 
     def act_bits(self) -> float:
         """Activation bits for BOPs: the lowest any method fake-quantizes to, else 32."""
-        found = [
-            float(b)
-            for st in (self._final_stats or self.stats())
-            if (b := st.extra.get("act_bits")) is not None
-        ]
-        return min(found) if found else 32.0
+        found = [b for m in self.methods if (b := m.act_bits()) is not None]
+        return min(found) if found else UNQUANTIZED_BITS
+
+    def storage_codes(self) -> dict[str, QuantCodes]:
+        """Exact integer codes of every quantized weight by module name (a later method's
+        codes replace an earlier one's); after :meth:`finalize`, the ones taken before it."""
+        if self._final_codes is not None:
+            return dict(self._final_codes)
+        codes: dict[str, QuantCodes] = {}
+        for m in self.methods:
+            codes.update(m.storage_codes())
+        return codes
 
     def cost(
         self,
@@ -207,24 +193,31 @@ class CompressionSession:
         """
         a = self.act_bits() if act_bits is None else act_bits
         cost = model_cost(model, self.bit_widths(), example_input=example_input, act_bits=a)
-        # A method with a compact storage form of its own (MoMos: motifs + indices) reports
-        # its bytes for the layers it covers; those replace the layers' dense weight bytes.
-        for st in self._final_stats or self.stats():
-            override = st.extra.get("packed_override")
-            if override:
-                dense = sum(
-                    math.ceil(lc.params * lc.bits_param / 8)
-                    + (4 * lc.channels if lc.quantized else 0)
-                    for lc in cost.layers
-                    if lc.name in override["layers"]
-                )
-                cost.packed_bytes += int(override["bytes"]) - dense
+        # A method with a stored form of its own (MoMos: motifs + indices) reports its bytes
+        # for the layers it covers; those replace the layers' dense weight bytes.
+        for m in self.methods:
+            own = m.storage_size()
+            if own is not None:
+                dense = sum(lc.packed_bytes for lc in cost.layers if lc.name in own.layers)
+                cost.packed_bytes += int(own.bytes) - dense
         return cost
 
+    def summaries(self) -> list[str]:
+        """Each method's one-line summary, where it has one."""
+        return [line for m in self.methods if (line := m.summary()) is not None]
+
     def finalize(self, model: nn.Module) -> nn.Module:
-        """Bake every method in (attach order); returns a plain model with the same outputs."""
+        """Bake every method in (attach order); returns a plain model with the same outputs.
+
+        Every method first makes its last adjustment (``before_finalize``); then the codes,
+        bits and stats are taken, and only then is anything baked, so a method whose
+        transform another bakes along (a chain on one weight) still hands over exact codes.
+        """
+        for m in self.methods:
+            m.before_finalize()
         self._final_bits = self.bit_widths()
         self._final_stats = self.stats()
+        self._final_codes = self.storage_codes()
         for i, m in enumerate(self.methods):
             model = m.finalize(model)
             if is_structural(m):  # what it removed is known only after finalize

@@ -1,17 +1,15 @@
 """Compressed checkpoints whose file size reflects the bits.
 
-``save_compressed(model, bits, path)`` stores every quantized Conv/Linear weight as packed
+``save_compressed(model, codes, path)`` stores every quantized Conv/Linear weight as packed
 integer codes (sub-byte, LSB-first bit packing) plus float32 per-channel ``scale`` and
-``shift``, and every other tensor of the state dict as is. ``load_compressed(path, model)``
-rebuilds the weights into a model of the same architecture — bit-identical to the saved
-(finalized) model.
-
-Codes are recovered from the finalized weights, which are all of the form
-``ŵ = scale·q + shift·sign(q)`` with integer ``|q| ≤ Q = 2^(b−1) − 1``: ``shift = 0`` for
-the symmetric quantizers (Uniform, FairQuant), a per-tensor ``shift`` for CoDeQ. Each layer
-is checked to reconstruct exactly; a layer that does not (or has no bits) is stored as
-float32 and listed in the result, never silently approximated. One-bit channels store
-``sign(w)`` in one bit (two bits if the channel also holds zeros).
+``shift``, and every other tensor of the state dict as is. The codes are the quantizers'
+own (:class:`~fq_plugins.compressors.ops.QuantCodes`, taken by ``session.finalize`` before
+baking: ``session.storage_codes()``), never guessed back from floats. Each layer is checked
+to reconstruct the finalized weight bit for bit; a layer that does not is stored as float32
+and listed in the result, never silently approximated. Input transforms (activation
+quantizers) are recorded and re-installed by :func:`load_compressed`, so the loaded model
+computes what the finalized one does. ``load_compressed(path, model)`` rebuilds the weights
+into a model of the same architecture.
 """
 
 from __future__ import annotations
@@ -27,13 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compressors.ops import ActivationQuant, QuantCodes
+from .engine.installers import INPUT_TRANSFORM_ATTR, input_transform, install_input_transform
 from .errors import ConfigError
-from .targets import MODULE_TYPES
+from .targets import WEIGHT_LAYER_TYPES
 
 __all__ = ["SaveResult", "load_compressed", "pack_bits", "save_compressed", "unpack_bits"]
 
-FORMAT = "fq-packed/1"
-_WEIGHT_TYPES = MODULE_TYPES["conv"] + MODULE_TYPES["linear"]
+FORMAT = "fq-packed/2"
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -54,71 +53,17 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     return (m << np.arange(bits, dtype=np.uint32)).sum(axis=1).astype(np.uint32)
 
 
-def _recover(w: torch.Tensor, b: float) -> tuple[np.ndarray, float, float] | None:
-    """Integer codes, scale and shift with ``scale·q + shift·sign(q) == w`` exactly, or None."""
-    w = w.detach().to(torch.float32).flatten()
-    q_max = 2 ** (int(b) - 1) - 1
-    mags = torch.unique(w.abs())
-    nz = mags[mags > 0]
-    if nz.numel() == 0:
-        return np.zeros(w.numel(), dtype=np.int64), 0.0, 0.0
-    if q_max == 0:  # binary: ±s
-        if nz.numel() != 1:
-            return None
-        return torch.sign(w).to(torch.int64).numpy(), float(nz[0]), 0.0
-    top, low = nz.max(), nz.min()
-    candidates = [(top / q_max, torch.zeros((), dtype=torch.float32), 3)]
-    if nz.numel() >= 2 and q_max > 1:  # CoDeQ: ŵ = s·q + shift·sign(q)
-        # low levels may be empty (a wide dead-zone): count the steps between the smallest
-        # and the largest magnitude with the smallest gap, then refine s over all of them
-        gap = (nz[1:] - nz[:-1]).min()
-        steps = max(1, int(torch.round((top - low) / gap)))
-        s_c = (top - low) / steps
-        candidates.append((s_c, top - s_c * q_max, 64))
-    for scale0, shift0, window in candidates:
-        found = _search(nz.numpy(), q_max, scale0, shift0, window)
-        if found is None:
-            continue
-        scale, shift = torch.tensor(found[0]), torch.tensor(found[1])
-        q = torch.sign(w) * torch.round((w.abs() - shift) / scale).clamp_min(0)
-        if int(q.abs().max()) <= q_max and torch.equal(scale * q + shift * torch.sign(q), w):
-            return q.to(torch.int64).numpy(), float(scale), float(shift)
-    return None
+def _code_width(max_code: int, row: np.ndarray) -> tuple[int, np.ndarray]:
+    """``(width, unsigned codes)`` of one channel.
 
-
-def _search(
-    nz: np.ndarray, q_max: int, scale0: torch.Tensor, shift0: torch.Tensor, window: int
-) -> tuple[np.float32, np.float32] | None:
-    """Float32 ``(scale, shift)`` within ``window`` ulps of the estimates that reproduce
-    every distinct non-zero magnitude exactly as ``fl(fl(scale·q) + shift)``."""
-    scales = _ulp_grid(float(scale0), window)
-    shifts = _ulp_grid(float(shift0), window) if float(shift0) != 0.0 else np.zeros(1, np.float32)
-    for shift in shifts:
-        q = np.round((nz[None, :] - shift) / scales[:, None])
-        ok = (q >= 1).all(axis=1) & (q <= q_max).all(axis=1)
-        back = (scales[:, None] * q.astype(np.float32)).astype(np.float32) + shift
-        ok &= (back == nz[None, :]).all(axis=1)
-        hit = np.flatnonzero(ok)
-        if hit.size:
-            return scales[hit[0]], np.float32(shift)
-    return None
-
-
-def _ulp_grid(x: float, n: int) -> np.ndarray:
-    """``x`` (as float32) and its ``n`` float32 neighbours on each side, nearest first."""
-    c = np.float32(x)
-    up = [c]
-    down = []
-    u = d = c
-    for _ in range(n):
-        u = np.nextafter(u, np.float32(np.inf))
-        d = np.nextafter(d, np.float32(-np.inf))
-        up.append(u)
-        down.append(d)
-    order = [up[0]]
-    for a, b in zip(up[1:], down, strict=True):
-        order += [a, b]
-    return np.array(order, dtype=np.float32)
+    Width 1 holds binary ±1 (no zeros); width ``w ≥ 2`` holds ``k + 2^(w−1) − 1`` for
+    ``|k| ≤ max_code`` with ``w = ⌈log₂(2·max_code + 1)⌉``, so the offset follows from the
+    width and nothing else per channel is stored.
+    """
+    if max_code == 1 and not (row == 0).any():
+        return 1, ((row + 1) // 2).astype(np.uint32)
+    width = max(2, math.ceil(math.log2(2 * max_code + 1)))
+    return width, (row + ((1 << (width - 1)) - 1)).astype(np.uint32)
 
 
 @dataclasses.dataclass
@@ -130,71 +75,69 @@ class SaveResult:
 
 
 def save_compressed(
-    model: nn.Module, bits: Mapping[str, torch.Tensor], path: str | os.PathLike[str]
+    model: nn.Module, codes: Mapping[str, QuantCodes], path: str | os.PathLike[str]
 ) -> SaveResult:
     """Write ``model`` (finalized) with its quantized weights as packed codes.
 
-    :param bits: per-channel bits by module name (``session.bit_widths()``).
+    :param codes: the quantizers' exact codes by module name (``session.storage_codes()``).
     """
     modules = dict(model.named_modules())
     layers: dict[str, Any] = {}
     float_layers: list[str] = []
     skip: set[str] = set()
-    for name, b in bits.items():
+    for name, qc in codes.items():
+        if not isinstance(qc, QuantCodes):
+            raise TypeError(
+                f"save_compressed takes the quantizers' codes (session.storage_codes()); got "
+                f"{type(qc).__name__} for {name!r}"
+            )
         mod = modules.get(name)
-        if mod is None or not isinstance(mod, _WEIGHT_TYPES):
+        if mod is None or not isinstance(mod, WEIGHT_LAYER_TYPES):
             raise ConfigError(
-                f"bits given for {name!r}, which is not a Conv/Linear module of the model"
+                f"codes given for {name!r}, which is not a Conv/Linear module of the model"
             )
         w = cast(torch.Tensor, mod.weight).detach()
-        c = w.shape[0]
-        bc = (
-            torch.as_tensor(b).flatten().expand(c)
-            if torch.as_tensor(b).numel() == 1
-            else torch.as_tensor(b)
-        )
-        per_channel = w.reshape(c, -1)
-        whole = _recover(w, float(bc[0])) if bool((bc == bc[0]).all()) else None
-        if whole is not None:  # one scale for the tensor (CoDeQ, per-tensor uniform)
-            q_all, sc, sh = whole
-            q_rows = q_all.reshape(c, -1)
-            recs: list[tuple[np.ndarray, float, float] | None] = [
-                (q_rows[i], sc, sh) for i in range(c)
-            ]
-        else:
-            recs = [_recover(per_channel[i], float(bc[i])) for i in range(c)]
-        if any(r is None for r in recs):
-            float_layers.append(name)
+        if tuple(qc.codes.shape) != tuple(w.shape) or not torch.equal(
+            qc.dequantize(), w.to("cpu", torch.float32)
+        ):
+            float_layers.append(name)  # the codes do not give this exact weight: keep floats
             continue
-        streams, scales, shifts, widths = [], [], [], []
-        for i, r in enumerate(recs):
-            assert r is not None
-            q, scale, shift = r
-            if int(bc[i]) == 1 and not (q == 0).any():
-                width, codes = 1, ((q + 1) // 2).astype(np.uint32)  # ±1 → 0/1: one bit
-            else:
-                q_max = max(1, 2 ** (int(bc[i]) - 1) - 1)
-                width = max(1, math.ceil(math.log2(2 * q_max + 1)))
-                codes = (q + q_max).astype(np.uint32)
-            streams.append(pack_bits(codes, width))
-            scales.append(scale)
-            shifts.append(shift)
+        c = int(w.shape[0])
+        rows = qc.codes.reshape(c, -1).numpy()
+        streams, widths = [], []
+        for i in range(c):
+            width, unsigned = _code_width(int(qc.max_code[i]), rows[i])
+            streams.append(pack_bits(unsigned, width))
             widths.append(width)
         layers[name] = {
             "shape": list(w.shape),
             "widths": torch.tensor(widths, dtype=torch.uint8),
+            "offset": int(qc.offset),
             "offsets": torch.tensor(np.cumsum([0] + [len(s) for s in streams]), dtype=torch.int64),
             "codes": torch.frombuffer(bytearray(b"".join(streams)), dtype=torch.uint8),
-            "scale": torch.tensor(scales, dtype=torch.float32),
-            "shift": torch.tensor(shifts, dtype=torch.float32),
+            "scale": qc.scale.clone(),
+            "shift": qc.shift.clone(),
         }
         skip.add(f"{name}.weight" if name else "weight")
+    inputs: dict[str, dict[str, Any]] = {}
+    for mname, mod in modules.items():
+        t = input_transform(mod)
+        if t is None:
+            continue
+        if not isinstance(t, ActivationQuant):
+            raise ConfigError(
+                f"module {mname!r} has an input transform of type {type(t).__name__}, which "
+                "the compressed format cannot store; save it with torch.save instead"
+            )
+        inputs[mname] = {"kind": "activation_quant", "bits": int(t.bits)}
     rest = {k: v for k, v in model.state_dict().items() if k not in skip}
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "layers": layers, "rest": rest}, buf)
+    torch.save({"format": FORMAT, "layers": layers, "inputs": inputs, "rest": rest}, buf)
     data = buf.getvalue()
-    with open(path, "wb") as f:
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "wb") as f:
         f.write(data)
+    os.replace(tmp, path)
     return SaveResult(os.fspath(path), len(data), sorted(layers), float_layers)
 
 
@@ -260,17 +203,29 @@ def load_compressed(path: str | os.PathLike[str], model: nn.Module) -> nn.Module
         shape = rec["shape"]
         c = shape[0]
         per = math.prod(shape[1:])
-        codes = rec["codes"].numpy().tobytes()
+        data = rec["codes"].numpy().tobytes()
         offsets = rec["offsets"].tolist()
-        w = torch.empty(c, per, dtype=torch.float32)
+        k = torch.empty(c, per, dtype=torch.int64)
         for i in range(c):
             width = int(rec["widths"][i])
-            raw = unpack_bits(codes[offsets[i] : offsets[i + 1]], width, per).astype(np.int64)
-            # width 1: binary ±1; else codes are offset by Q = 2^(width−1) − 1 (width = bits)
-            q_np = 2 * raw - 1 if width == 1 else raw - ((1 << (width - 1)) - 1)
-            q = torch.from_numpy(q_np).to(torch.float32)
-            w[i] = rec["scale"][i] * q + rec["shift"][i] * torch.sign(q)
-        state[f"{name}.weight" if name else "weight"] = w.reshape(shape)
+            raw = unpack_bits(data[offsets[i] : offsets[i + 1]], width, per).astype(np.int64)
+            k[i] = torch.from_numpy(2 * raw - 1 if width == 1 else raw - ((1 << (width - 1)) - 1))
+        qc = QuantCodes(
+            codes=k.reshape(shape),
+            scale=rec["scale"],
+            shift=rec["shift"],
+            max_code=torch.zeros(c),
+            bits=torch.zeros(c),
+            offset=int(rec["offset"]),
+        )
+        state[f"{name}.weight" if name else "weight"] = qc.dequantize()
+    modules = dict(model.named_modules())
+    for mname, rec in blob.get("inputs", {}).items():
+        mod = modules.get(mname)
+        if mod is None:
+            raise ConfigError(f"the checkpoint quantizes the input of {mname!r}, which this model lacks")
+        if INPUT_TRANSFORM_ATTR not in mod._modules:
+            install_input_transform(mod, ActivationQuant(int(rec["bits"])))
     _resize_to(model, state)
     model.load_state_dict(state)
     return model

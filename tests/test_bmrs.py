@@ -571,7 +571,7 @@ def test_pruned_checkpoint_loads_into_the_original_architecture(tmp_path) -> Non
     q = CompressionSession.from_configs([{"method": "uniform", "bits": 4}])
     q.attach(final)
     final = q.finalize(final).eval()
-    saved = save_compressed(final, q.bit_widths(), tmp_path / "p.fqz")
+    saved = save_compressed(final, q.storage_codes(), tmp_path / "p.fqz")
     assert saved.float_layers == []
     fresh = timm.create_model("resnet18", pretrained=False, num_classes=4)
     load_compressed(tmp_path / "p.fqz", fresh).eval()

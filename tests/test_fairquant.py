@@ -317,12 +317,10 @@ def test_projection_brings_learned_bits_back_under_budget():
 def test_bitrate_penalty_pulls_bits_toward_budget():
     q = LearnableBitQuant(torch.full((4,), 8.0))
     comp = FairQuantCompressor(mode="baq")
-    comp.target_avg_bits = 4.0
-    comp._n_all, comp._n_untargeted, comp._unit_params = 4, 0, {"m": 1}
     mod = nn.Linear(1, 4)
-    from torch.nn.utils import parametrize
-
-    parametrize.register_parametrization(mod, "weight", q)
+    comp.add_state(mod).put("target_avg_bits", torch.tensor(4.0, dtype=torch.float64))
+    comp._n_all, comp._n_untargeted, comp._unit_params = 4, 0, {"m": 1}
+    comp.install_transform("m", mod, q)
     comp.attached.append(("m", mod))
     p = comp.penalty()
     assert p.item() == pytest.approx(1.0 * (8.0 - 4.0) ** 2)

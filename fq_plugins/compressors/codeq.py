@@ -20,26 +20,19 @@ penalties ``λ_dz·Σℓ_d²``, ``λ_bit·Σℓ_b²`` or as AdamW param-group we
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .._markers import hookimpl
+from ..engine.installers import install_input_transform
 from ..errors import ConfigError
 from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
-from .ops import (
-    bake_weight_parametrizations,
-    clamp_ste,
-    find_weight_parametrization,
-    relu_ste,
-    round_ste,
-)
-from .ops import module_weight as _weight
+from .ops import ActivationQuant, QuantCodes, clamp_ste, levels, relu_ste, round_ste
 
 __all__ = ["CoDeQCompressor", "CoDeQConfig", "CoDeQQuant", "codeq_fake_quant"]
 
@@ -54,9 +47,29 @@ def _quantile_abs(w: torch.Tensor, q: float) -> torch.Tensor:
 def codeq_bits(bit_logit: torch.Tensor | None, fixed_bits: float | None) -> torch.Tensor:
     """``B`` with a straight-through gradient to ``ℓ_b`` (or the fixed bit-width)."""
     if bit_logit is None:
-        assert fixed_bits is not None
+        if fixed_bits is None:
+            raise ValueError("codeq_bits needs a bit logit or a fixed bit-width")
         return torch.tensor(float(fixed_bits))
     return round_ste(2.0 + 6.0 * torch.tanh(bit_logit).abs())
+
+
+def _codeq_terms(
+    w: torch.Tensor,
+    dz_logit: torch.Tensor,
+    bit_logit: torch.Tensor | None,
+    fixed_bits: float | None,
+    quantile: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(q, s, shift, Q)``: codes (STE), step, shift and top code of one weight tensor."""
+    a = _quantile_abs(w, quantile).clamp_min(1e-12).to(w.dtype)
+    b = codeq_bits(bit_logit, fixed_bits).to(w.dtype)
+    d = 2.0 * a * (1.0 - torch.tanh(dz_logit).abs())
+    q_max = levels(b)
+    s = (a - d / 2).clamp_min(1e-12) / (q_max - 0.5)
+    shift = d / 2 - s / 2
+    w_c = torch.sign(w) * relu_ste(w.abs() - shift)
+    q = clamp_ste(round_ste(w_c / s), -q_max.detach(), q_max.detach())
+    return q, s, shift, q_max
 
 
 def codeq_fake_quant(
@@ -68,14 +81,7 @@ def codeq_fake_quant(
     quantile: float = 0.99,
 ) -> torch.Tensor:
     """The CoDeQ quantizer of one weight tensor (see the module docstring)."""
-    a = _quantile_abs(w, quantile).clamp_min(1e-12).to(w.dtype)
-    b = codeq_bits(bit_logit, fixed_bits).to(w.dtype)
-    d = 2.0 * a * (1.0 - torch.tanh(dz_logit).abs())
-    q_max = torch.pow(2.0, b - 1.0) - 1.0
-    s = (a - d / 2).clamp_min(1e-12) / (q_max - 0.5)
-    shift = d / 2 - s / 2
-    w_c = torch.sign(w) * relu_ste(w.abs() - shift)
-    q = clamp_ste(round_ste(w_c / s), -q_max.detach(), q_max.detach())
+    q, s, shift, _ = _codeq_terms(w, dz_logit, bit_logit, fixed_bits, quantile)
     return s * q + shift * torch.sign(q.detach())
 
 
@@ -108,6 +114,19 @@ class CoDeQQuant(nn.Module):
             fixed = None if self.bit_logit is not None else float(self.fixed_bits)
             return float(codeq_bits(self.bit_logit, fixed))
 
+    @torch.no_grad()
+    def quant_codes(self, w: torch.Tensor) -> QuantCodes:
+        """The exact codes of ``forward(w)``: ``ŵ = sign(q)·(|q|·s + shift)``."""
+        fixed = None if self.bit_logit is not None else float(self.fixed_bits)
+        q, s, shift, q_max = _codeq_terms(w, self.dz_logit, self.bit_logit, fixed, self.quantile)
+        return QuantCodes(
+            codes=q.round().to(torch.int64),
+            scale=s.reshape(1),
+            shift=shift.reshape(1),
+            max_code=q_max.reshape(1),
+            bits=torch.tensor([self.bits()]),
+        )
+
 
 class CoDeQConfig(MethodConfig):
     """``method: codeq``. ``bits: null`` learns the bit-width per tensor (mixed precision)."""
@@ -137,17 +156,6 @@ class CoDeQConfig(MethodConfig):
     )
 
 
-def _act_quant_hook(bits: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
-    q_max = 2.0 ** (bits - 1) - 1.0
-
-    def hook(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]
-        s = x.detach().abs().amax().clamp_min(1e-12) / q_max
-        return (clamp_ste(round_ste(x / s), -q_max, q_max) * s, *args[1:])
-
-    return hook
-
-
 class CoDeQCompressor(Compressor):
     """CoDeQ: learnable dead-zone (pruning) + learnable or fixed bits, per weight tensor."""
 
@@ -163,24 +171,29 @@ class CoDeQCompressor(Compressor):
         context: AttachContext | None = None,
     ) -> None:
         cfg = self.config
-        for name, mod in targets:
+        for t in targets:
+            name, mod = t
             if isinstance(mod, nn.modules.batchnorm._BatchNorm | nn.LayerNorm):
                 raise ConfigError(
                     f"module {name!r} is a normalisation layer; CoDeQ excludes them", key="targets"
                 )
+        for t in targets:
+            name, mod = t
             q = CoDeQQuant(cfg.init_logit, fixed_bits=cfg.bits, quantile=cfg.quantile)
-            parametrize.register_parametrization(mod, "weight", q)
+            self.install_transform(name, mod, q, t.param)
             if cfg.act_bits is not None:
-                mod.register_forward_pre_hook(_act_quant_hook(cfg.act_bits))
+                install_input_transform(mod, ActivationQuant(cfg.act_bits))
             self.attached.append((name, mod))
 
     def _quants(self) -> list[tuple[str, nn.Module, CoDeQQuant]]:
-        out = []
-        for name, mod in self.attached:
-            q = find_weight_parametrization(mod, CoDeQQuant)
-            if q is not None:
-                out.append((name, mod, cast(CoDeQQuant, q)))
-        return out
+        return [
+            (t.name, t.module, cast(CoDeQQuant, t.transform))
+            for t in self.transforms
+            if isinstance(t.transform, CoDeQQuant)
+        ]
+
+    def act_bits(self) -> float | None:
+        return None if self.config.act_bits is None else float(self.config.act_bits)
 
     def penalty(self) -> torch.Tensor:
         cfg = self.config
@@ -210,14 +223,16 @@ class CoDeQCompressor(Compressor):
 
     def stats(self) -> CompressionStats:
         layers = {}
-        for name, mod, q in self._quants():
-            c = int(_weight(mod).shape[0])
-            layers[name] = LayerStats(bits=torch.full((c,), q.bits()))
+        for t in self.transforms:
+            q = cast(CoDeQQuant, t.transform)
+            c = int(self.original(t.module, t.param).shape[0])
+            layers[t.name] = LayerStats(bits=torch.full((c,), q.bits()))
         extra: dict[str, Any] = {"act_bits": self.config.act_bits}
         return CompressionStats(method=self.name, layers=layers, extra=extra)
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        bake_weight_parametrizations(self.attached)
+        # activation quantizers stay: they are part of the compressed model's function
+        self.bake_transforms()
         return model
 
 

@@ -28,13 +28,18 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .._markers import hookimpl
 from ..errors import ConfigError
 from ..hookspecs import RegisterFn
-from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
-from .ops import bake_weight_parametrizations
+from ..protocols import (
+    AttachContext,
+    CompressionStats,
+    Compressor,
+    LayerStats,
+    MethodConfig,
+    StorageSize,
+)
 from .uniform import SymmetricWeightQuant
 
 __all__ = [
@@ -170,8 +175,17 @@ class MoMosCompressor(Compressor):
 
     def __init__(self, config: MethodConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self._projections = 0
-        self.last: dict[str, Any] = {}
+        self._params: list[str] = []
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """Figures of the latest projection (distortion, changed weights, motif usage)."""
+        return dict(self.state.record.get("last", {})) if self._state is not None else {}
+
+    @property
+    def motifs(self) -> torch.Tensor:
+        """The current motif set, ``(k, s)`` (in the model's state)."""
+        return self.state.get("motifs")
 
     def attach(
         self,
@@ -179,8 +193,9 @@ class MoMosCompressor(Compressor):
         targets: Sequence[tuple[str, nn.Module]],
         context: AttachContext | None = None,
     ) -> None:
-        self.attached = list(targets)
-        n = sum(self._raw(m).numel() for _, m in targets)
+        self.attached = [(t[0], t[1]) for t in targets]
+        self._params = [getattr(t, "param", "weight") for t in targets]
+        n = sum(self._raw(m, p).numel() for (_, m), p in zip(self.attached, self._params, strict=True))
         n_blocks = math.ceil(n / self.config.block_size)
         if self.config.k is not None:
             if self.config.k > n_blocks:
@@ -194,30 +209,33 @@ class MoMosCompressor(Compressor):
             assert self.config.capacity is not None
             self.k = max(1, min(int(self.config.capacity * n_blocks), n_blocks))
         self.n_blocks = n_blocks
+        # schedule and motifs live in the model, so a resumed run projects exactly as an
+        # uninterrupted one (the projection's sample is seeded by the counter)
+        state = self.add_state(self.attached[0][1])
+        state.put("projections", torch.zeros((), dtype=torch.int64))
+        state.put("motifs", torch.zeros(self.k, self.config.block_size))
         if self.config.quant_bits is not None:
-            for _, mod in targets:
-                parametrize.register_parametrization(
-                    mod,
-                    "weight",
-                    SymmetricWeightQuant(
-                        torch.tensor([float(self.config.quant_bits)]), per_channel=False
-                    ),
+            for t in targets:
+                q = SymmetricWeightQuant(
+                    torch.tensor([float(self.config.quant_bits)]), per_channel=False
                 )
+                self.install_transform(t[0], t[1], q, getattr(t, "param", "weight"))
         self.project()
 
-    @staticmethod
-    def _raw(mod: nn.Module) -> torch.Tensor:
-        """The trainable weight (the parametrization's original when fake-quantized)."""
-        if parametrize.is_parametrized(mod, "weight"):
-            return cast(torch.Tensor, cast(Any, mod).parametrizations.weight.original)
-        return cast(torch.Tensor, mod.weight)
+    def _raw(self, mod: nn.Module, param: str = "weight") -> torch.Tensor:
+        """The trainable weight (the transform's input when fake-quantized)."""
+        return self.original(mod, param)
+
+    def _raws(self) -> list[torch.Tensor]:
+        return [self._raw(m, p) for (_, m), p in zip(self.attached, self._params, strict=True)]
 
     @torch.no_grad()
     def project(self) -> dict[str, Any]:
         """One hard projection of all targeted weights; returns distortion and usage."""
-        raws = [self._raw(m) for _, m in self.attached]
+        raws = self._raws()
         flat = torch.cat([r.detach().float().flatten().cpu() for r in raws])
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self._projections)
+        done = int(self.state.get("projections"))
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + done)
         proj, motifs, idx = project_blocks(
             flat,
             self.config.block_size,
@@ -232,18 +250,19 @@ class MoMosCompressor(Compressor):
             r.copy_(proj[offset : offset + n].reshape(r.shape).to(r.dtype))
             offset += n
         usage = torch.bincount(idx, minlength=motifs.shape[0])
-        self._projections += 1
-        self.last = {
+        last = {
             "distortion": float(((flat - proj) ** 2).sum()),
             "changed_weights": int((flat != proj).sum()),
             "motifs_used": int((usage > 0).sum()),
             "zero_motif_share": float(usage[0]) / max(1, idx.numel())
             if self.config.zero_motif
             else 0.0,
-            "projections": self._projections,
+            "projections": done + 1,
         }
-        self.motifs, self.indices = motifs, idx
-        return self.last
+        self.state.put("projections", torch.tensor(done + 1, dtype=torch.int64))
+        self.state.put("motifs", motifs.to(torch.float32))
+        self.state.record = {"last": last}
+        return dict(last)
 
     def on_epoch_end(self, epoch: int) -> None:
         self.project()
@@ -256,8 +275,8 @@ class MoMosCompressor(Compressor):
     def stats(self) -> CompressionStats:
         layers: dict[str, LayerStats] = {}
         if self.config.quant_bits is not None:
-            for name, mod in self.attached:
-                c = int(cast(torch.Tensor, mod.weight).shape[0])
+            for (name, mod), p in zip(self.attached, self._params, strict=True):
+                c = int(self._raw(mod, p).shape[0])
                 layers[name] = LayerStats(bits=torch.full((c,), float(self.config.quant_bits)))
         extra: dict[str, Any] = {
             "k": self.k,
@@ -266,14 +285,25 @@ class MoMosCompressor(Compressor):
             "compact_bytes": self.compact_bytes(),
             **self.last,
         }
-        if self.config.quant_bits is None:  # the mosaic's own form is the stored size
-            extra["packed_override"] = {
-                "layers": [n for n, _ in self.attached],
-                "bytes": self.compact_bytes(),
-            }
         if self.n_blocks * self.config.block_size <= 1_000_000:  # lzma-9 on more is slow
             extra["complexity"] = self.complexity()
         return CompressionStats(method=self.name, layers=layers, extra=extra)
+
+    def storage_size(self) -> StorageSize | None:
+        """Without fake-quant the mosaic's own form (motifs + indices) is the stored size."""
+        if self.config.quant_bits is not None:
+            return None
+        return StorageSize(tuple(n for n, _ in self.attached), self.compact_bytes())
+
+    def summary(self) -> str | None:
+        last = self.last
+        if not last:
+            return None
+        return (
+            f"momos: k = {self.k} motifs of {self.config.block_size} weights over "
+            f"{self.n_blocks} blocks, {last['motifs_used']} used, zero-motif share "
+            f"{last['zero_motif_share']:.1%}"
+        )
 
     @torch.no_grad()
     def export_compact(self, path: str | os.PathLike[str]) -> int:
@@ -284,7 +314,7 @@ class MoMosCompressor(Compressor):
         """
         from ..storage import pack_bits
 
-        raws = [self._raw(m) for _, m in self.attached]
+        raws = self._raws()
         flat = torch.cat([r.detach().float().flatten().cpu() for r in raws])
         s = self.config.block_size
         padded = torch.zeros(self.n_blocks * s)
@@ -305,7 +335,7 @@ class MoMosCompressor(Compressor):
                 "n_blocks": self.n_blocks,
                 "index_bits": width,
                 "quant_bits": self.config.quant_bits,
-                "modules": [[n, list(self._raw(m).shape)] for n, m in self.attached],
+                "modules": [[n, list(r.shape)] for (n, _), r in zip(self.attached, raws, strict=True)],
             }
         ).encode()
         with open(path, "wb") as f:
@@ -317,10 +347,13 @@ class MoMosCompressor(Compressor):
 
     def complexity(self) -> dict[str, Any]:
         """:func:`complexity_report` of the targeted (effective) weights."""
-        return complexity_report([cast(torch.Tensor, m.weight) for _, m in self.attached])
+        return complexity_report(
+            [cast(torch.Tensor, getattr(m, p)) for (_, m), p in zip(self.attached, self._params, strict=True)]
+        )
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        bake_weight_parametrizations(self.attached)
+        self.bake_transforms()
+        self.remove_state()
         return model
 
 
@@ -347,7 +380,9 @@ def load_compact(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     for name, shape in head["modules"]:
         if name not in modules:
             raise ConfigError(f"the export names module {name!r}, which this model lacks")
-        raw = MoMosCompressor._raw(modules[name])
+        from ..engine.installers import default_installer
+
+        raw = default_installer().original(modules[name], "weight")
         if list(raw.shape) != shape:
             raise ConfigError(
                 f"module {name!r} has weight shape {list(raw.shape)}; the export has {shape}"

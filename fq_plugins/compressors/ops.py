@@ -11,15 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, cast
 
+import dataclasses
+
 import torch
 from torch.nn.utils import parametrize
 
 __all__ = [
+    "ActivationQuant",
+    "QuantCodes",
     "bake_weight_parametrizations",
     "channel_absmax",
     "clamp_ste",
     "find_weight_parametrization",
     "levels",
+    "max_code",
     "module_weight",
     "relu_ste",
     "round_ste",
@@ -92,6 +97,81 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 def levels(bits: torch.Tensor) -> torch.Tensor:
     """Largest symmetric code ``Q = 2^(b-1) - 1`` (0 for 1-bit, handled as binary)."""
     return torch.pow(2.0, bits - 1.0) - 1.0
+
+
+def max_code(bits: int) -> int:
+    """:func:`levels` for one integer bit-width: ``Q = 2^(b-1) - 1``."""
+    return (1 << (int(bits) - 1)) - 1
+
+
+@dataclasses.dataclass
+class QuantCodes:
+    """The exact integer form of one quantized weight, as its quantizer computes it.
+
+    ``value = sign(k)·((|k| − offset)·scale_c + shift_c)`` for a code ``k ≠ 0`` and 0 for
+    ``k = 0``, evaluated in float32 in this order (so it is bit-identical to the
+    fake-quantized weight). Symmetric quantizers have ``shift = 0, offset = 0``; CoDeQ a
+    per-tensor shift; a dead-zone quantizer whose smallest level is ``d/2`` uses
+    ``offset = 1``.
+
+    :ivar codes: integer codes, the weight's shape (int64).
+    :ivar scale: per output channel, shape ``(C,)`` float32.
+    :ivar shift: per output channel, shape ``(C,)`` float32.
+    :ivar max_code: per output channel, the largest ``|k|`` the channel may hold.
+    :ivar bits: per output channel, the method's bit-width (what accounting counts).
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    max_code: torch.Tensor
+    bits: torch.Tensor
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        c = int(self.codes.shape[0])
+        self.codes = self.codes.detach().to("cpu", torch.int64)
+        for name in ("scale", "shift", "max_code", "bits"):
+            t = torch.as_tensor(getattr(self, name)).detach().to("cpu").flatten()
+            if t.numel() == 1:
+                t = t.expand(c).clone()
+            if t.numel() != c:
+                raise ValueError(f"QuantCodes.{name} has {t.numel()} entries for {c} channels")
+            setattr(self, name, t)
+        self.scale = self.scale.to(torch.float32)
+        self.shift = self.shift.to(torch.float32)
+        self.max_code = self.max_code.to(torch.int64)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight these codes stand for."""
+        shape = (-1,) + (1,) * (self.codes.dim() - 1)
+        k = self.codes
+        mag = (k.abs() - self.offset).clamp_min(0).to(torch.float32)
+        val = mag * self.scale.reshape(shape) + self.shift.reshape(shape)
+        return torch.where(k == 0, torch.zeros((), dtype=torch.float32), val * torch.sign(k))
+
+
+class ActivationQuant(torch.nn.Module):
+    """Per-tensor symmetric fake-quantization of a module's input at ``bits`` (STE).
+
+    ``s = max|x| / Q`` per call (dynamic range), ``x̂ = clamp(round(x/s), −Q, Q)·s``. Installed
+    by :func:`fq_plugins.engine.installers.install_input_transform`; the bit-width is a
+    buffer, so checkpoints carry it and the finalized model keeps quantizing its inputs.
+    """
+
+    bits: torch.Tensor
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.register_buffer("bits", torch.tensor(float(bits)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q_max = float(levels(self.bits))
+        s = x.detach().abs().amax().clamp_min(_TINY) / q_max
+        return clamp_ste(round_ste(x / s), -q_max, q_max) * s
+
+    def extra_repr(self) -> str:
+        return f"bits={int(self.bits)}"
 
 
 def channel_absmax(w: torch.Tensor) -> torch.Tensor:

@@ -9,26 +9,24 @@ round-trips it; ``finalize`` bakes the fake-quantized weights in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .._markers import hookimpl
+from ..accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ..errors import ConfigError
 from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
-from ..targets import MODULE_TYPES
-from .ops import bake_weight_parametrizations, find_weight_parametrization, symmetric_fake_quant
-from .ops import module_weight as _weight
+from .ops import QuantCodes, levels, symmetric_fake_quant, symmetric_quant_codes
 
 __all__ = ["SymmetricWeightQuant", "UniformCompressor", "UniformConfig", "weight_params_total"]
 
 
 class SymmetricWeightQuant(nn.Module):
-    """Parametrization: symmetric absmax fake-quant with per-channel (buffer) bit-widths."""
+    """Weight transform: symmetric absmax fake-quant with per-channel (buffer) bit-widths."""
 
     bits: torch.Tensor
 
@@ -39,6 +37,20 @@ class SymmetricWeightQuant(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return symmetric_fake_quant(w, self.bits, per_channel=self.per_channel)
+
+    @torch.no_grad()
+    def quant_codes(self, w: torch.Tensor) -> QuantCodes:
+        """The exact codes of ``forward(w)``: ``q·s`` with ``|q| ≤ Q`` (binary: ±1, 0)."""
+        q, s = symmetric_quant_codes(w, self.bits, per_channel=self.per_channel)
+        c = int(w.shape[0])
+        bits = self.bits.expand(c) if self.bits.numel() == 1 else self.bits
+        return QuantCodes(
+            codes=q.round().to(torch.int64),
+            scale=s.reshape(-1).expand(c) if s.numel() == 1 else s.reshape(-1),
+            shift=torch.zeros(c),
+            max_code=levels(bits).clamp_min(1.0),
+            bits=bits,
+        )
 
 
 class AvgBitsBudget(BaseModel):
@@ -54,17 +66,6 @@ class UniformConfig(MethodConfig):
     budget: AvgBitsBudget | None = None
 
 
-def _quantizer(mod: nn.Module) -> SymmetricWeightQuant | None:
-    """This method's parametrization on ``mod.weight`` (other methods' may be chained)."""
-    return cast(SymmetricWeightQuant | None, find_weight_parametrization(mod, SymmetricWeightQuant))
-
-
-def weight_params_total(model: nn.Module) -> int:
-    """Number of Conv/Linear weight parameters (the accounting's denominator)."""
-    types = MODULE_TYPES["conv"] + MODULE_TYPES["linear"]
-    return sum(_weight(m).numel() for m in model.modules() if isinstance(m, types))
-
-
 class UniformCompressor(Compressor):
     """Uniform k-bit per-channel symmetric weight quantization (baseline)."""
 
@@ -77,18 +78,18 @@ class UniformCompressor(Compressor):
         if self.config.budget is None:
             return self.config.bits
         n_all = weight_params_total(model)
-        n_q = sum(_weight(m).numel() for _, m in targets)
+        n_q = sum(self.original(t.module, t.param).numel() for t in targets)
         n_rest = n_all - n_q
 
         def avg(k: int) -> float:
-            return (k * n_q + 32 * n_rest) / n_all
+            return float(average_bits(k * n_q, n_rest, n_all))
 
         fitting = [k for k in range(1, 17) if avg(k) <= self.config.budget.avg_bits + 1e-9]
         if not fitting:
             raise ConfigError(
                 f"avg_bits {self.config.budget.avg_bits:g} cannot be met: with these targets "
                 f"uniform bits give averages from {avg(1):.3f} (1 bit) to {avg(16):.3f} (16 bits), "
-                f"since {n_rest} weights outside the targets count as 32 bits. Raise the budget "
+                f"since {n_rest} weights outside the targets count as {UNQUANTIZED_BITS:g} bits. Raise the budget "
                 f"or target more layers.",
                 key="budget.avg_bits",
             )
@@ -101,36 +102,35 @@ class UniformCompressor(Compressor):
         context: AttachContext | None = None,
     ) -> None:
         k = self._choose_bits(model, targets)
-        self.chosen_bits = k
+        self.chosen_bits: int | None = k
         per_channel = self.config.granularity == "channel"
-        for name, mod in targets:
-            if _quantizer(mod) is not None:
+        for t in targets:
+            name, mod = t
+            if self.find_transform(mod, SymmetricWeightQuant, t.param) is not None:
                 raise ConfigError(
                     f"module {name!r} is already quantized by uniform; attach it once per module "
                     f"(check overlapping targets in the recipe)",
                     key="targets",
                 )
-            c = int(_weight(mod).shape[0]) if per_channel else 1
-            parametrize.register_parametrization(
-                mod, "weight", SymmetricWeightQuant(torch.full((c,), float(k)), per_channel)
-            )
+            c = int(self.original(mod, t.param).shape[0]) if per_channel else 1
+            q = SymmetricWeightQuant(torch.full((c,), float(k)), per_channel)
+            self.install_transform(name, mod, q, t.param)
             self.attached.append((name, mod))
 
     def stats(self) -> CompressionStats:
         layers = {}
-        for name, mod in self.attached:
-            q = _quantizer(mod)
-            if q is None:
-                continue
-            c = int(_weight(mod).shape[0])
+        for t in self.transforms:
+            q = t.transform
+            assert isinstance(q, SymmetricWeightQuant)  # installed by attach above
+            c = int(self.original(t.module, t.param).shape[0])
             bits = q.bits if q.bits.numel() == c else q.bits.expand(c)
-            layers[name] = LayerStats(bits=bits.detach().clone())
+            layers[t.name] = LayerStats(bits=bits.detach().clone())
         return CompressionStats(
             method=self.name, layers=layers, extra={"bits": getattr(self, "chosen_bits", None)}
         )
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        bake_weight_parametrizations(self.attached)
+        self.bake_transforms()
         return model
 
 

@@ -18,10 +18,6 @@ from .table import GroupConfusion
 __all__ = ["AccuracyGap", "GroupAccuracy", "WorstGroupAccuracy"]
 
 
-def _present(acc: torch.Tensor) -> torch.Tensor:
-    return acc[~torch.isnan(acc)]
-
-
 class GroupAccuracy(FairnessMetric):
     """Per-group accuracy; headline: mean of group accuracies (not overall accuracy)."""
 
@@ -30,11 +26,9 @@ class GroupAccuracy(FairnessMetric):
 
     def compute(self, table: GroupConfusion) -> MetricResult:
         acc = table.group_accuracy()
-        present = _present(acc)
-        value = float(present.mean()) if present.numel() else math.nan
         return MetricResult(
             self.name,
-            value,
+            table.mean_group_accuracy(),
             per_group=acc.tolist(),
             details={
                 "overall_accuracy": table.overall_accuracy(),
@@ -51,13 +45,13 @@ class WorstGroupAccuracy(FairnessMetric):
 
     def compute(self, table: GroupConfusion) -> MetricResult:
         acc = table.group_accuracy()
-        present = _present(acc)
-        if not present.numel():
+        value = table.worst_group_accuracy()
+        if math.isnan(value):
             return MetricResult(self.name, math.nan, per_group=acc.tolist())
         worst = int(torch.nan_to_num(acc, nan=math.inf).argmin())
         return MetricResult(
             self.name,
-            float(present.min()),
+            value,
             per_group=acc.tolist(),
             details={"worst_group": worst, "worst_group_name": table.group_names[worst]},
         )
@@ -70,7 +64,7 @@ class AccuracyGap(FairnessMetric):
     description = "avg_acc − worst_acc over groups with data; details carry max − min too."
 
     def compute(self, table: GroupConfusion) -> MetricResult:
-        present = _present(table.group_accuracy())
+        present = table.present_group_accuracy()
         if present.numel() < 2:
             return MetricResult(
                 self.name, 0.0 if present.numel() else math.nan, higher_is_better=False

@@ -134,5 +134,20 @@ class GroupConfusion:
             n > 0, self.group_correct() / n.clamp_min(1), torch.full_like(n, float("nan"))
         )
 
+    def present_group_accuracy(self) -> torch.Tensor:
+        """Accuracies of the groups that have examples (NaNs dropped)."""
+        acc = self.group_accuracy()
+        return acc[~torch.isnan(acc)]
+
+    def mean_group_accuracy(self) -> float:
+        """Mean over groups with data of per-group accuracy (FairQuant's avg_acc); NaN if none."""
+        p = self.present_group_accuracy()
+        return float(p.mean()) if p.numel() else float("nan")
+
+    def worst_group_accuracy(self) -> float:
+        """Lowest accuracy over groups with data (FairQuant's worst_acc); NaN if none."""
+        p = self.present_group_accuracy()
+        return float(p.min()) if p.numel() else float("nan")
+
     def overall_accuracy(self) -> float:
         return float(self.group_correct().sum() / self.total) if self.total else float("nan")

@@ -17,7 +17,7 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field, model_validator
@@ -156,9 +156,19 @@ class BMRSCompressor(Compressor):
         self.sites: list[GateSite] = []
         self.skipped: dict[str, str] = {}
         self.example_input: torch.Tensor | None = None
-        self.epochs_seen = 0
-        self.history: list[dict[str, float]] = []
         self.final_report: dict[str, Any] | None = None
+
+    @property
+    def epochs_seen(self) -> int:
+        """Epoch ends seen so far (in the model's state: a resumed run continues the schedule)."""
+        return int(self.state.get("epochs_seen")) if self._state is not None else 0
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Masked fraction after each mask update (in the model's state)."""
+        if self._state is None:
+            return []
+        return cast(list[dict[str, float]], self.state.record.setdefault("mask_history", []))
 
     # --- attach ---------------------------------------------------------------------
 
@@ -198,6 +208,9 @@ class BMRSCompressor(Compressor):
             s.host.register_forward_hook(_apply_gate)
             self.attached.append((s.name, s.producer))
         self.sites = sites
+        state = self.add_state(sites[0].host)
+        state.put("epochs_seen", torch.zeros((), dtype=torch.int64, device=p.device))
+        state.record = {"mask_history": []}
 
     # --- training -------------------------------------------------------------------
 
@@ -219,7 +232,7 @@ class BMRSCompressor(Compressor):
         return [group]
 
     def on_epoch_end(self, epoch: int) -> None:
-        self.epochs_seen += 1
+        self.state.get("epochs_seen").add_(1)
         me = self.config.mask_epochs
         if me is not None and self.epochs_seen > me:
             return
@@ -300,6 +313,13 @@ class BMRSCompressor(Compressor):
             extra.update(self.final_report["summary"])
         return CompressionStats(method=self.name, layers=layers, extra=extra)
 
+    def summary(self) -> str | None:
+        st = self.stats().extra
+        line = f"{st['criterion']}: {st['masked_fraction']:.1%} of {st['units']} gated channels masked"
+        if "removed_fraction" in st:
+            line += f", {st['removed_fraction']:.1%} removed"
+        return line
+
     def _label(self) -> str:
         cfg = self.config
         if cfg.criterion == "bmrs":
@@ -327,6 +347,7 @@ class BMRSCompressor(Compressor):
             masks[s.producer] = gate.mask == 0
             masked[s.name] = int((gate.mask == 0).sum())
             del s.host._modules[_GATE_ATTR]
+            self.remove_state()
             hooks = s.host._forward_hooks
             for hid in [k for k, fn in hooks.items() if fn is _apply_gate]:
                 del hooks[hid]

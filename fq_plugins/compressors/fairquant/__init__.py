@@ -16,21 +16,20 @@ Public parts: :func:`group_importance`, :func:`allocate_bits`, :class:`FairQuant
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..._markers import hookimpl
+from ...accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ...errors import ConfigError
 from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
-from ..ops import bake_weight_parametrizations, find_weight_parametrization
-from ..ops import module_weight as _weight
-from ..uniform import SymmetricWeightQuant, weight_params_total
+from ..uniform import SymmetricWeightQuant
 from .allocation import Allocation, allocate_bits, check_levels
 from .baq import LearnableBitQuant
 from .importance import ImportanceResult, group_importance, reduce_groups
@@ -132,8 +131,7 @@ class FairQuantConfig(MethodConfig):
         return self
 
 
-def _quantizer(mod: nn.Module) -> nn.Module | None:
-    return find_weight_parametrization(mod, (SymmetricWeightQuant, LearnableBitQuant))
+_QUANTIZERS = (SymmetricWeightQuant, LearnableBitQuant)
 
 
 class FairQuantCompressor(Compressor):
@@ -149,11 +147,23 @@ class FairQuantCompressor(Compressor):
     def __init__(self, config: MethodConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.importance: ImportanceResult | None = None
+        """The importance measured at attach (a report; the scores in use are in the
+        model's state, so a checkpoint restores them)."""
         self.allocation: Allocation | None = None
-        self.target_avg_bits: float | None = None
         self._n_all = 0
         self._n_untargeted = 0
         self._unit_params: dict[str, int] = {}
+
+    @property
+    def target_avg_bits(self) -> float | None:
+        """The parameter-weighted budget (from ``avg_bits`` or the levels' allocation)."""
+        if self._state is None:
+            return None
+        v = float(self.state.get("target_avg_bits"))
+        return None if math.isnan(v) else v
+
+    def _scores(self, name: str) -> torch.Tensor:
+        return self.state.get(f"score:{name}")
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -165,8 +175,9 @@ class FairQuantCompressor(Compressor):
     ) -> None:
         cfg = self.config
         imp = cfg.importance
-        for name, mod in targets:
-            if _quantizer(mod) is not None:
+        for t in targets:
+            name, mod = t
+            if self.find_transform(mod, _QUANTIZERS, t.param) is not None:
                 raise ConfigError(
                     f"module {name!r} is already quantized; apply one quantizer per module",
                     key="targets",
@@ -195,10 +206,11 @@ class FairQuantCompressor(Compressor):
                 "fairquant: no group ids in the calibration batches; used classes as groups"
             )
         self._n_all = weight_params_total(model)
-        n_targeted = sum(_weight(m).numel() for _, m in targets)
+        n_targeted = sum(self.original(t.module, t.param).numel() for t in targets)
         self._n_untargeted = self._n_all - n_targeted
         self._unit_params = {
-            n: _weight(m).numel() // self.importance.scores[n].numel() for n, m in targets
+            t.name: self.original(t.module, t.param).numel() // self.importance.scores[t.name].numel()
+            for t in targets
         }
         budget = cfg.budget
         try:
@@ -224,22 +236,47 @@ class FairQuantCompressor(Compressor):
             raise ConfigError(
                 msg, key="budget.avg_bits" if budget.avg_bits is not None else "budget.levels"
             ) from None
-        self.target_avg_bits = (
-            budget.avg_bits if budget.avg_bits is not None else self.allocation.avg_bits_param
-        )
+        target = budget.avg_bits if budget.avg_bits is not None else self.allocation.avg_bits_param
+        # Everything a resumed run needs lives in the model: the scores (projection uses
+        # them), the budget, and the attach-time report.
+        state = self.add_state(targets[0][1])
+        state.put("target_avg_bits", torch.tensor(float(target), dtype=torch.float64))
+        for name, sc in self.importance.scores.items():
+            state.put(f"score:{name}", sc.double())
+        state.record = self._attach_record()
         per_channel = imp.granularity == "channel"
-        for name, mod in targets:
+        for t in targets:
+            name, mod = t
             bits = self.allocation.bits[name]
             if cfg.mode == "baq":
-                c = _weight(mod).shape[0]
+                c = self.original(mod, t.param).shape[0]
                 init = bits.expand(c) if bits.numel() == 1 else bits
                 quant: nn.Module = LearnableBitQuant(
                     init, b_min=cfg.bits.min, b_max=cfg.bits.max, deadzone=cfg.deadzone
                 )
             else:
                 quant = SymmetricWeightQuant(bits, per_channel=per_channel)
-            parametrize.register_parametrization(mod, "weight", quant)
+            self.install_transform(name, mod, quant, t.param)
             self.attached.append((name, mod))
+
+    def _attach_record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {}
+        if self.allocation is not None:
+            rec["allocation"] = {
+                "method": self.allocation.method,
+                "avg_bits_param": self.allocation.avg_bits_param,
+                "avg_bits_channel": self.allocation.avg_bits_channel,
+            }
+        if self.importance is not None:
+            rec["importance"] = {
+                "signal": self.importance.signal,
+                "reducer": self.importance.reducer,
+                "groups_from": self.importance.groups_from,
+                "group_totals": self.importance.group_totals.tolist(),
+                "group_counts": self.importance.group_counts.tolist(),
+                "batches": self.importance.n_batches,
+            }
+        return rec
 
     def wants_training(self) -> bool:
         return self.config.mode != "static"
@@ -247,29 +284,28 @@ class FairQuantCompressor(Compressor):
     # --- BAQ ----------------------------------------------------------------------
 
     def _baq(self) -> list[tuple[str, nn.Module, LearnableBitQuant]]:
-        out = []
-        for name, mod in self.attached:
-            q = _quantizer(mod)
-            if isinstance(q, LearnableBitQuant):
-                out.append((name, mod, q))
-        return out
+        return [
+            (t.name, t.module, t.transform)
+            for t in self.transforms
+            if isinstance(t.transform, LearnableBitQuant)
+        ]
+
+    def _static(self) -> list[tuple[str, SymmetricWeightQuant]]:
+        return [
+            (t.name, t.transform)
+            for t in self.transforms
+            if isinstance(t.transform, SymmetricWeightQuant)
+        ]
 
     def avg_bits(self, *, ste: bool = False) -> torch.Tensor:
         """Parameter-weighted average bits over all Conv/Linear weights (untargeted = 32)."""
-        total: torch.Tensor = torch.tensor(32.0 * self._n_untargeted, dtype=torch.float64)
-        for name, mod, q in self._baq():
+        total: torch.Tensor = torch.zeros((), dtype=torch.float64)
+        for name, _, q in self._baq():
             b = q.bits_ste() if ste else q.bits()
-            total = (
-                total
-                + (
-                    b.double() * self._unit_params.get(name, _weight(mod).numel() // b.numel())
-                ).sum()
-            )
-        for name, mod in self.attached:
-            sq = _quantizer(mod)
-            if isinstance(sq, SymmetricWeightQuant):
-                total = total + sq.bits.double().sum() * self._unit_params[name]
-        return total / max(self._n_all, 1)
+            total = total + (b.double() * self._unit_params[name]).sum()
+        for name, sq in self._static():
+            total = total + sq.bits.double().sum() * self._unit_params[name]
+        return average_bits(total, self._n_untargeted, self._n_all)
 
     def penalty(self) -> torch.Tensor:
         if (
@@ -300,23 +336,23 @@ class FairQuantCompressor(Compressor):
         channel's learned bits as its upper bound. Returns True when bits changed.
         """
         baq = self._baq()
-        if not baq or self.target_avg_bits is None or self.importance is None:
+        budget = self.target_avg_bits
+        if not baq or budget is None:
             return False
-        if float(self.avg_bits()) <= self.target_avg_bits + 1e-9:
+        if float(self.avg_bits()) <= budget + 1e-9:
             return False
         cfg = self.config
-        scores = {name: self.importance.scores[name] for name, _, _ in baq}
+        scores = {name: self._scores(name).float() for name, _, _ in baq}
         max_bits = {name: q.bits() for name, _, q in baq}
+        static = self._static()
         fixed = self._n_untargeted + sum(
-            _weight(m).numel() for n, m in self.attached if n not in scores
+            int(sq.bits.numel()) * self._unit_params[n] for n, sq in static
         )
-        fixed_bits = 32.0 * self._n_untargeted + sum(
-            float(cast(SymmetricWeightQuant, _quantizer(m)).bits.sum()) * self._unit_params[n]
-            for n, m in self.attached
-            if n not in scores
+        fixed_bits = UNQUANTIZED_BITS * self._n_untargeted + sum(
+            float(sq.bits.sum()) * self._unit_params[n] for n, sq in static
         )
         # the solver counts `fixed` weights at 32 bits; fold their real bits into the target
-        target = self.target_avg_bits + (32.0 * fixed - fixed_bits) / max(self._n_all, 1)
+        target = budget + (UNQUANTIZED_BITS * fixed - fixed_bits) / max(self._n_all, 1)
         alloc = allocate_bits(
             scores,
             {n: self._unit_params[n] for n in scores},
@@ -336,42 +372,29 @@ class FairQuantCompressor(Compressor):
 
     def stats(self) -> CompressionStats:
         layers = {}
-        for name, mod in self.attached:
-            q = _quantizer(mod)
-            if q is None:
-                continue
-            c = int(_weight(mod).shape[0])
-            bits = (
-                q.bits() if isinstance(q, LearnableBitQuant) else cast(SymmetricWeightQuant, q).bits
-            )
-            layers[name] = LayerStats(
+        for t in self.transforms:
+            q = t.transform
+            c = int(self.original(t.module, t.param).shape[0])
+            bits = q.bits() if isinstance(q, LearnableBitQuant) else cast(SymmetricWeightQuant, q).bits
+            layers[t.name] = LayerStats(
                 bits=(bits if bits.numel() == c else bits.expand(c)).detach().clone()
             )
         extra: dict[str, Any] = {"mode": self.config.mode, "target_avg_bits": self.target_avg_bits}
-        if self.allocation is not None:
-            extra["allocation"] = {
-                "method": self.allocation.method,
-                "avg_bits_param": self.allocation.avg_bits_param,
-                "avg_bits_channel": self.allocation.avg_bits_channel,
-            }
-        if self.importance is not None:
-            extra["importance"] = {
-                "signal": self.importance.signal,
-                "reducer": self.importance.reducer,
-                "groups_from": self.importance.groups_from,
-                "group_totals": self.importance.group_totals.tolist(),
-                "group_counts": self.importance.group_counts.tolist(),
-                "batches": self.importance.n_batches,
-            }
+        if self._state is not None:
+            extra.update(self.state.record)
         return CompressionStats(method=self.name, layers=layers, extra=extra)
 
-    def finalize(self, model: nn.Module) -> nn.Module:
+    def before_finalize(self) -> None:
         if self.project_to_budget():
             log.warning(
                 "fairquant: bits were over budget at finalize and were projected; "
                 "outputs differ from the last fake-quantized evaluation"
             )
-        bake_weight_parametrizations(self.attached)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        self.before_finalize()
+        self.bake_transforms()
+        self.remove_state()
         return model
 
 

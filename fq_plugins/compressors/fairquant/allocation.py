@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ...accounting import UNQUANTIZED_BITS
 from ...errors import ConfigError
 
 __all__ = ["Allocation", "allocate_bits", "check_levels"]
@@ -134,7 +135,7 @@ def allocate_bits(
 
 
 def _result(bits, flat, n, s, untargeted, method, objective=None):
-    total = float((n * flat).sum()) + 32.0 * untargeted
+    total = float((n * flat).sum()) + UNQUANTIZED_BITS * untargeted
     n_all = float(n.sum()) + untargeted
     obj = float((s * n * np.power(4.0, -flat)).sum()) if objective is None else objective
     return Allocation(bits, total / n_all, float(flat.mean()), obj, method)
@@ -166,12 +167,12 @@ def _solve_milp(names, sizes, s, n, levels, avg_bits, untargeted, max_bits, time
     lv = np.array(sorted(levels), dtype=float)
     m, k = s.size, lv.size
     n_all = float(n.sum()) + untargeted
-    budget = avg_bits * n_all - 32.0 * untargeted
+    budget = avg_bits * n_all - UNQUANTIZED_BITS * untargeted
     ub_bits = None
     if max_bits is not None:
         ub_bits = np.concatenate([max_bits[nm].double().numpy().ravel() for nm in names])
-    lo_avg = (lv[0] * n.sum() + 32.0 * untargeted) / n_all
-    hi_avg = (lv[-1] * n.sum() + 32.0 * untargeted) / n_all
+    lo_avg = (lv[0] * n.sum() + UNQUANTIZED_BITS * untargeted) / n_all
+    hi_avg = (lv[-1] * n.sum() + UNQUANTIZED_BITS * untargeted) / n_all
     if budget < lv[0] * n.sum() - 1e-6 * n_all:
         raise ConfigError(
             f"avg_bits {avg_bits:g} cannot be met: with bit levels {[int(b) for b in lv]} the "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import channel_absmax, clamp_ste, round_ste
+from ..ops import QuantCodes, channel_absmax, clamp_ste, round_ste
 
 __all__ = ["LearnableBitQuant", "baq_fake_quant", "baq_fake_quant_reference", "bits_to_logit"]
 
@@ -160,6 +160,34 @@ class LearnableBitQuant(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return baq_fake_quant(w, self.bit_logit, self.dz_logit, self.b_min, self.b_max)
+
+    @torch.no_grad()
+    def quant_codes(self, w: torch.Tensor) -> QuantCodes:
+        """The exact codes of ``forward(w)``.
+
+        Without a dead-zone ``ŵ = Δ·k`` with ``k = sign(w)·q``. With one, the smallest
+        non-zero level is ``d/2``: ``k = sign(w)·(q + 1)`` where ``|w| ≥ d/2`` (else 0), and
+        ``ŵ = sign(k)·((|k| − 1)·Δ + d/2)`` (offset 1, shift ``d/2``).
+        """
+        half_d, delta, m = _channel_terms(w, self.bit_logit, self.dz_logit, self.b_min, self.b_max)
+        u = (w.abs() - half_d) / delta
+        q = torch.minimum(u.clamp(min=0.0), m).round()
+        c = int(w.shape[0])
+        if self.dz_logit is None:
+            codes = (torch.sign(w) * q).to(torch.int64)
+            shift, offset, top = torch.zeros(c), 0, m.reshape(-1)
+        else:
+            alive = w.abs() >= half_d
+            codes = (torch.sign(w) * (q + 1) * alive).to(torch.int64)
+            shift, offset, top = half_d.reshape(-1), 1, m.reshape(-1) + 1
+        return QuantCodes(
+            codes=codes,
+            scale=delta.reshape(-1),
+            shift=shift,
+            max_code=top.clamp_min(1.0),
+            bits=self.bits(),
+            offset=offset,
+        )
 
     def bits(self) -> torch.Tensor:
         """Current integer bits per channel (what the forward pass uses), float tensor."""

@@ -128,6 +128,7 @@ def group_importance(
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y))
     modules = [m for _, m in targets]
     names = [n for n, _ in targets]
+    params = [getattr(t, "param", "weight") for t in targets]
     # Snapshot buffers (BN running stats) so calibration leaves the model unchanged.
     buffers = {k: v.detach().clone() for k, v in model.state_dict().items() if not v.requires_grad}
     was_training = model.training
@@ -163,7 +164,9 @@ def group_importance(
                 # cached(): a parametrized weight is computed once, so the tensor we
                 # differentiate against is the one the forward pass used.
                 with parametrize.cached():
-                    weights = [cast(torch.Tensor, m.weight) for m in modules]
+                    weights = [
+                        cast(torch.Tensor, getattr(m, p)) for m, p in zip(modules, params, strict=True)
+                    ]
                     loss = loss_fn(model(xs), ys)
                     grads = torch.autograd.grad(
                         loss, weights, create_graph=signal == "hawq", allow_unused=True

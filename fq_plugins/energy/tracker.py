@@ -1,0 +1,247 @@
+"""Energy of a host's phases: meters resolved from the recipe, wrapped around each phase.
+
+:class:`EnergyTracker` starts every meter before a phase and stops it after (a meter that
+fails mid-run marks its figure missing and the rest go on); :class:`EnergyPredictions`
+makes the carbontracker-style first-epoch prediction. Under DDP each phase's reading is
+combined over ranks, one figure per physical device. Used by ``fq-plugins run`` and by
+every adapter, so energy is measured one way everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from ..protocols import EnergyMeter, EnergyReading
+
+if TYPE_CHECKING:
+    from ..manager import FQPluginManager
+    from .carbon import CarbonModel
+
+__all__ = ["EnergyPredictions", "EnergyTracker", "merge_readings", "resolve_meters"]
+
+Log = Callable[[str], None]
+
+
+def _stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _construct(cls: type[Any], options: dict[str, Any] | None) -> Any:
+    from ..engine.evaluator import construct
+
+    return construct(cls, options)
+
+
+def resolve_meters(
+    names: Sequence[str],
+    pm: FQPluginManager,
+    log: Log = _stderr_log,
+    options: dict[str, Any] | None = None,
+) -> list[EnergyMeter]:
+    """Instantiate meters; ``auto`` = first *measured* meter whose probe is ok, else ``cpu_time``.
+
+    :param options: keyword options handed to every meter whose constructor accepts them
+        by name (``country`` for the codecarbon meter).
+    """
+    meters: list[EnergyMeter] = []
+    for i, name in enumerate(names):
+        if name == "auto":
+            chosen = None
+            for entry in pm.meters:
+                if not getattr(entry.cls, "measured", False):
+                    continue
+                try:
+                    meter = entry.cls()
+                    avail = meter.probe()
+                except Exception as exc:  # a meter that cannot even probe is unavailable
+                    log(f"energy: meter {entry.name!r} unavailable ({type(exc).__name__}: {exc})")
+                    continue
+                if avail.ok:
+                    chosen = meter
+                    break
+                log(f"energy: meter {entry.name!r} unavailable ({avail.status}: {avail.reason})")
+            if chosen is None:
+                chosen = pm.meters.get("cpu_time", key=f"energy.meters[{i}]")()
+                log(
+                    "energy: no measured meter available here; using the labelled CPU-time estimate"
+                )
+            meters.append(chosen)
+        else:
+            meter = _construct(pm.meters.get(name, key=f"energy.meters[{i}]"), options)
+            avail = meter.probe()
+            if not avail.ok:
+                raise ConfigError(
+                    f"meter {name!r} cannot run here ({avail.status}): {avail.reason}",
+                    key=f"energy.meters[{i}]",
+                )
+            meters.append(meter)
+    return meters
+
+
+class EnergyTracker:
+    """Wraps a phase with every meter; a meter failing mid-run marks its figure missing.
+
+    Inside :meth:`measure`, :meth:`lap` closes a lap (``stop()`` + ``start()`` on every
+    meter) and returns the energy since the previous lap; the phase's reading adds the laps.
+    Under DDP (an initialized process group) each phase's reading is combined over ranks,
+    one figure per physical device (:func:`fq_plugins.energy.ddp.reduce_reading_across_ranks`).
+    """
+
+    def __init__(
+        self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log = _stderr_log
+    ) -> None:
+        self.meters, self.pm, self.log = meters, pm, log
+        self._laps: dict[int, list[EnergyReading]] | None = None
+        self._failed: dict[int, str] = {}
+        self._phase = ""
+
+    def _stop(self, m: EnergyMeter, phase: str, t0: float) -> EnergyReading:
+        try:
+            return m.stop()
+        except Exception as exc:
+            self.log(
+                f"energy: meter {m.name!r} failed during {phase}: {exc}; figure marked missing"
+            )
+            return EnergyReading(
+                m.name, time.perf_counter() - t0, missing=f"{type(exc).__name__}: {exc}"
+            )
+
+    def lap(self) -> float:
+        """Joules (all meters) since the phase start or the previous lap; NaN if any failed."""
+        if self._laps is None:
+            raise RuntimeError("EnergyTracker.lap() is only valid inside measure()")
+        total = 0.0
+        for m in self.meters:
+            if id(m) in self._failed:
+                total = math.nan
+                continue
+            reading = self._stop(m, self._phase, time.perf_counter())
+            self._laps[id(m)].append(reading)
+            total += reading.total_joules
+            if reading.missing is not None:
+                self._failed[id(m)] = reading.missing
+                continue
+            try:
+                m.start()
+            except Exception as exc:
+                self._failed[id(m)] = f"failed to restart: {exc}"
+                self.log(
+                    f"energy: meter {m.name!r} failed to restart: {exc}; figure marked missing"
+                )
+        return total
+
+    def measure(self, phase: str, fn: Callable[[], Any]) -> tuple[Any, dict[str, EnergyReading]]:
+        self._phase = phase
+        self._failed = {}
+        self._laps = {}
+        for m in self.meters:
+            self._laps[id(m)] = []
+            try:
+                m.start()
+            except Exception as exc:
+                self._failed[id(m)] = "failed to start"
+                self.log(
+                    f"energy: meter {m.name!r} failed to start for {phase}: {exc}; figure marked missing"
+                )
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except BaseException:
+            for m in self.meters:  # leave no meter running (RAPL's sampling thread)
+                if id(m) not in self._failed:
+                    with contextlib.suppress(Exception):
+                        m.stop()
+            self._laps = None
+            raise
+        laps, failed = self._laps, self._failed
+        self._laps = None
+        readings: dict[str, EnergyReading] = {}
+        for m in self.meters:
+            parts = laps[id(m)]
+            if id(m) not in failed:
+                parts.append(self._stop(m, phase, t0))
+            reading = merge_readings(m.name, parts, failed.get(id(m)), time.perf_counter() - t0)
+            reading = _reduce_across_ranks(reading)
+            readings[f"{phase}:{m.name}"] = reading
+            self.pm.on_energy_reading(phase, reading)
+        return result, readings
+
+
+def merge_readings(
+    meter: str, parts: Sequence[EnergyReading], failure: str | None, seconds: float
+) -> EnergyReading:
+    """One reading from a phase's laps: joules added per domain; missing if any lap was."""
+    reason = failure or next((p.missing for p in parts if p.missing is not None), None)
+    if reason is not None or not parts:
+        return EnergyReading(meter, seconds, missing=reason or "no reading")
+    if len(parts) == 1:
+        return parts[0]
+    joules: dict[str, float] = {}
+    methods: dict[str, str] = {}
+    for p in parts:
+        for dom, j in p.joules.items():
+            joules[dom] = joules.get(dom, 0.0) + j
+            methods[dom] = p.methods.get(dom, "unknown")
+    details = dict(parts[-1].details)
+    details["laps"] = len(parts)
+    return EnergyReading(meter, sum(p.seconds for p in parts), joules, methods, details=details)
+
+
+def _reduce_across_ranks(reading: EnergyReading) -> EnergyReading:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from .ddp import reduce_reading_across_ranks
+
+        return reduce_reading_across_ranks(reading)
+    return reading
+
+
+
+class EnergyPredictions:
+    """Carbontracker-style prediction: after a training phase's first epoch, the phase's
+    total energy ≈ first-epoch energy × epochs. Logged, and stored per phase."""
+
+    def __init__(self, tracker: EnergyTracker, carbon: CarbonModel | None, log: Log) -> None:
+        self.tracker, self.carbon, self.log = tracker, carbon, log
+        self.by_phase: dict[str, dict[str, Any]] = {}
+
+    def callback(self, phase: str, epochs: int) -> Callable[[int], None]:
+        def after_epoch(epoch: int) -> None:
+            if epoch != 0:
+                return
+            first = self.tracker.lap()
+            predicted = first * epochs
+            entry: dict[str, Any] = {
+                "first_epoch_joules": first,
+                "epochs": epochs,
+                "predicted_joules": predicted,
+                "rule": "first-epoch energy × epochs (carbontracker-style)",
+            }
+            msg = (
+                f"[{phase}] predicted total energy for this phase: {predicted:.1f} J "
+                f"(first epoch {first:.1f} J × {epochs} epoch{'s' if epochs != 1 else ''})"
+            )
+            if self.carbon is not None:
+                entry["predicted_gco2e"] = self.carbon.grams(predicted)
+                msg += f", ≈ {entry['predicted_gco2e']:.3g} gCO2e"
+            self.by_phase[phase] = entry
+            self.log(msg)
+
+        return after_epoch
+
+    def finish(self, phase: str, readings: dict[str, EnergyReading]) -> dict[str, Any]:
+        """The phase's prediction with the measured total added (``{}`` if none was made)."""
+        entry = self.by_phase.get(phase)
+        if entry is None:
+            return {}
+        entry["actual_joules"] = float(sum(r.total_joules for r in readings.values()))
+        return {phase: entry}
+
+
