@@ -178,6 +178,142 @@ class CompressorContract:
         x = self.make_input()
         torch.testing.assert_close(copy.deepcopy(model)(x), model(x), rtol=0, atol=0)
 
+    # --- all state in the model: resume = never stopping ---------------------------
+
+    resume_steps: ClassVar[int] = 4
+    """Training steps before the checkpoint (and after it); an epoch is two steps."""
+
+    def make_fresh_model(self) -> nn.Module:
+        """The same architecture, initialised differently (a checkpoint must not rely on
+        the initialisation matching)."""
+        model = self.make_model()
+        gen = torch.Generator().manual_seed(12345)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+        return model
+
+    def _train(
+        self,
+        model: nn.Module,
+        comp: Compressor,
+        opt: torch.optim.Optimizer,
+        steps: range,
+    ) -> None:
+        gen = torch.Generator().manual_seed(77)
+        xs = [torch.randn(8, *self.make_input().shape[1:], generator=gen) for _ in range(8)]
+        model.train()
+        for step in steps:
+            torch.manual_seed(1000 + step)  # methods that sample (BMRS) see the same noise
+            x = xs[step % len(xs)]
+            out = model(x)
+            y = torch.arange(x.shape[0]) % out.shape[1]
+            loss = torch.nn.functional.cross_entropy(out, y) + comp.penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            comp.on_step(step)
+            if step % 2 == 1:
+                comp.on_epoch_end(step // 2)
+
+    def _optimizer(self, model: nn.Module, comp: Compressor) -> torch.optim.Optimizer:
+        from .session import CompressionSession
+
+        session = CompressionSession([comp])
+        session.attached = True  # attached by the test itself
+        return torch.optim.AdamW(session.param_groups(model, lr=1e-2, weight_decay=1e-3))
+
+    def test_resume_from_checkpoint_is_identical(self) -> None:
+        """Train k steps, save model + optimizer, load both into a differently initialised
+        fresh model (attached the same way), train k more: equal to 2k uninterrupted steps."""
+        k = self.resume_steps
+        straight, comp_a = self.attached()
+        opt_a = self._optimizer(straight, comp_a)
+        self._train(straight, comp_a, opt_a, range(2 * k))
+
+        first, comp_b = self.attached()
+        opt_b = self._optimizer(first, comp_b)
+        self._train(first, comp_b, opt_b, range(k))
+        model_state = copy.deepcopy(first.state_dict())
+        opt_state = copy.deepcopy(opt_b.state_dict())
+
+        fresh = self.make_fresh_model()
+        comp_c = self.make_compressor()
+        comp_c.attach(fresh, select_targets(fresh, comp_c.config.targets), self.attach_context())
+        fresh.load_state_dict(model_state)
+        opt_c = self._optimizer(fresh, comp_c)
+        opt_c.load_state_dict(opt_state)
+        self._train(fresh, comp_c, opt_c, range(k, 2 * k))
+
+        got, want = fresh.state_dict(), straight.state_dict()
+        assert set(got) == set(want)
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(got[key], value), (
+                    f"{key} differs after resume: state the method keeps outside the model "
+                    "(a plain attribute, a non-persistent buffer) was lost; put it in a buffer, "
+                    "a parameter or get_extra_state (see Compressor.add_state)"
+                )
+            else:
+                assert got[key] == value, key
+        fresh.eval()
+        straight.eval()
+        x = self.make_input()
+        with torch.no_grad():
+            assert torch.equal(fresh(x), straight(x))
+        assert comp_c.stats().extra.keys() == comp_a.stats().extra.keys()
+
+    # --- exact codes: what storage writes is what finalize computed ----------------------
+
+    def test_compressed_checkpoint_loads_bit_identical(self, tmp_path: Any) -> None:
+        """finalize → save_compressed(codes) → load into a differently initialised fresh
+        model → the same outputs, bit for bit, with every quantized layer stored as codes."""
+        from .storage import load_compressed, save_compressed
+
+        model, comp = self.attached()
+        model.eval()
+        comp.before_finalize()
+        codes = comp.storage_codes()
+        final = comp.finalize(model).eval()
+        x = self.make_input()
+        saved = save_compressed(final, codes, tmp_path / "model.fqz")
+        assert saved.float_layers == [], (
+            f"the codes of {saved.float_layers} do not reproduce the finalized weights: "
+            "quant_codes() must compute exactly what forward() does"
+        )
+        fresh = load_compressed(tmp_path / "model.fqz", self.make_fresh_model()).eval()
+        with torch.no_grad():
+            assert torch.equal(fresh(x), final(x))
+
+    def test_a_quantizer_reports_its_bits(self) -> None:
+        """Weights that take few distinct values per channel after attach (a quantizer) must
+        be reported with bits (or a stored form of the method's own), or the accounting
+        counts them as 32-bit floats."""
+        model, comp = self.attached()
+        st = comp.stats()
+        codes = comp.storage_codes()
+        for name, qc in codes.items():
+            assert name in st.layers and st.layers[name].bits is not None, (
+                f"{name}: storage_codes() has codes but stats() reports no bits"
+            )
+            assert torch.equal(st.layers[name].bits.float(), qc.bits.float()), name
+        if comp.storage_size() is not None:
+            return
+        for name, mod in model.named_modules():
+            w = getattr(mod, "weight", None)
+            if not isinstance(mod, (nn.Conv2d, nn.Linear)) or not isinstance(w, torch.Tensor):
+                continue
+            rows = w.detach().reshape(w.shape[0], -1)
+            repeated = sum(
+                int(torch.unique(r[r != 0]).numel()) < int((r != 0).sum()) // 2 for r in rows
+            )
+            if repeated > rows.shape[0] // 2:  # most channels share a few values: quantized
+                layer = st.layers.get(name)
+                assert layer is not None and layer.bits is not None, (
+                    f"{name} looks quantized (few distinct values per channel) but stats() "
+                    "reports no bits for it"
+                )
+
 
 def _random_table(seed: int = 0, groups: int = 3, classes: int = 4) -> GroupConfusion:
     gen = torch.Generator().manual_seed(seed)
