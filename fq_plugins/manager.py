@@ -97,7 +97,8 @@ class FQPluginManager:
         self._registries: dict[str, Registry[Any]] = {
             family: Registry(family) for family in FAMILIES
         }
-        self._registered: dict[str, object] = {}  # plugin name → object whose names are in
+        # plugin name → the plugin object whose names the registries hold
+        self._registered: dict[str, object] = {}
         self._built = False
 
     # --- registries ---------------------------------------------------------------
@@ -143,16 +144,12 @@ class FQPluginManager:
                 raise  # a bug in fq-plugins itself must not be hidden
             self.pm.unregister(plugin, name)  # nothing of a half-registered plugin is used
             reason = f"{hook_name} raised {type(exc).__name__}: {exc}"
-            if name not in self._dists and self._built:
-                # added at run time by the caller's own code: tell the caller now
+            if self._built:  # added at run time by the caller's own code: tell the caller now
                 raise FQError(
                     f"plugin {name!r} failed to register: {reason}; it was unregistered"
                 ) from exc
             dist = self._dists.pop(name, ("?", "?"))[0]
-            error = PluginLoadError(dist, name, reason)
-            if self._built:
-                raise error from exc
-            self.load_errors.append(error)
+            self.load_errors.append(PluginLoadError(dist, name, reason))
             return
         for stage in stages.values():
             stage.commit()

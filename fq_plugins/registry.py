@@ -212,7 +212,8 @@ class Registry(Generic[T]):
         if isinstance(cls, LazyPlugin):
             name = cls.name if name is None else name
         elif isinstance(cls, type):
-            self._check_class(cls, f"plugin {plugin} registered {cls!r} as a {self.label}")
+            where = f"plugin {plugin} registered {cls!r} as a {self.label}"
+            self._check_class(cls, where, named=False)
             name = getattr(cls, "name", "") if name is None else name
         else:
             raise FQError(
@@ -329,7 +330,7 @@ class Registry(Generic[T]):
             raise FQError(
                 f"{where}, but that attribute does not exist ({exc}); correct the target, {fix}"
             ) from exc
-        self._check_class(cls, where)
+        self._check_class(cls, where, f": correct the target, {fix}")
         if getattr(cls, "name", None) != ref.name:
             raise FQError(
                 f"{where} with name {ref.name!r}, but "
@@ -338,11 +339,14 @@ class Registry(Generic[T]):
             )
         return cls
 
-    def _check_class(self, cls: object, where: str) -> None:
+    def _check_class(self, cls: object, where: str, fix: str = "", *, named: bool = True) -> None:
         base = self.base
         if not (isinstance(cls, type) and issubclass(cls, base)):
+            path = f"{base.__module__}.{base.__qualname__}"
+            subject = repr(cls) if named else "it"
             raise FQError(
-                f"{where}, but {cls!r} is not a subclass of {base.__module__}.{base.__qualname__}"
+                f"{where}, but {subject} is not a subclass of {path}; register "
+                f"a {self.label} class (a subclass of {path}){fix}"
             )
 
     def names(self) -> list[str]:

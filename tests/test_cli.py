@@ -192,11 +192,26 @@ def test_plugins_and_list_do_not_import_transformers_or_nncf():
 
 def test_plugins_json_and_list(tmp_path):
     out = run_cli("plugins", "--json", env={"FQ_PLUGINS_AUTOLOAD": "0"})
+    assert out.returncode == 0 and out.stderr == ""
     data = json.loads(out.stdout)
+    assert set(data) == {"plugins", "errors", "conflicts"}
+    assert data["errors"] == [] and data["conflicts"] == []
     uni = next(p for p in data["plugins"] if p["name"] == "fq_plugins.compressors.uniform")
+    assert set(uni) == {"name", "distribution", "version", "hooks", "registered", "builtin"}
     assert uni["distribution"] == "fq-plugins" and uni["registered"] == {"compressors": ["uniform"]}
+    assert uni["hooks"] == ["fq_register_compressors"] and uni["builtin"] is True
     out = run_cli("list", "metrics")
     assert out.returncode == 0 and "worst_group_accuracy" in out.stdout
+    rows = json.loads(run_cli("list", "meters", "--json").stdout)
+    rapl = next(r for r in rows if r["name"] == "rapl")
+    assert rapl == {
+        "name": "rapl",
+        "description": "CPU package + DRAM energy from Intel/AMD RAPL counters in powercap "
+        "sysfs (measured).",
+        "plugin": "fq_plugins.energy.rapl",
+        "plugins": ["fq_plugins.energy.rapl"],
+        "conflict": False,
+    }
     out = run_cli("list", "nope")
     assert out.returncode == 2 and "invalid choice" in out.stderr
 

@@ -564,3 +564,13 @@ def test_fq_on_run_end_once_after_the_report_is_written(recorded_run):
     c, report, out = recorded_run
     assert c["fq_on_run_end"] == [(report, out)]
     assert (Path(out) / "report.json").is_file()
+
+
+def test_disable_a_builtin_family_or_one_builtin():
+    pm = get_plugin_manager(
+        autoload=False, disable=["fq_plugins.fairness.metrics", "fq_plugins.fairness.suite"]
+    )
+    assert len(pm.metrics) == 0 and pm.compressors.names() == BUILTIN_COMPRESSORS
+    pm = get_plugin_manager(autoload=False, disable=["fq_plugins.energy.rapl"])
+    assert pm.meters.names() == ["codecarbon", "cpu_time", "nvml"]
+    assert "fq_plugins.energy.rapl" not in {i.name for i in pm.plugin_infos()}
