@@ -33,6 +33,7 @@ __all__ = [
     "FairnessMetric",
     "InstalledTransform",
     "LayerStats",
+    "MeterConfig",
     "MethodConfig",
     "MethodState",
     "MetricResult",
@@ -431,13 +432,82 @@ class EnergyReading:
         return _json_safe(d)
 
 
+class MeterConfig(BaseModel):
+    """Base of every energy meter's ``Config``: one item of the recipe's ``energy.meters``.
+
+    A recipe item is a name (``cpu_time``: every option at its default) or a mapping of
+    ``name`` plus the meter's options (``{name: rapl, poll_seconds: 1}``). Subclasses add
+    the options as fields; unknown keys are errors (``extra="forbid"``) so a misspelt
+    option never passes silently. Frozen: validated options cannot change afterwards.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Registered meter name.")
+
+    def options(self) -> dict[str, Any]:
+        """The meter's options: every field but ``name``, as validated values."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
+
+
 class EnergyMeter:
-    """Measures (or estimates, labelled) energy between ``start()`` and ``stop()``."""
+    """Measures (or estimates, labelled) energy between ``start()`` and ``stop()``.
+
+    Options come from :attr:`Config` (a :class:`MeterConfig`), validated from the recipe
+    item before any training. Hosts build a meter with :meth:`from_config`, which calls
+    ``cls(**config.options())``; the base constructor accepts a Config or those keyword
+    options and keeps the validated Config as :attr:`config`. A meter with a constructor of
+    its own takes the Config's fields as keyword arguments and passes
+    :meth:`make_config`'s result to ``super().__init__``.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     measured: ClassVar[bool] = False
-    """True for meters that read hardware counters; ``auto`` prefers these."""
+    """True for meters that read hardware counters; ``auto`` prefers these. Every domain of a
+    measured meter's reading is labelled ``measured:*``, of any other meter ``estimated:*``."""
+    Config: ClassVar[type[MeterConfig]] = MeterConfig
+
+    config: MeterConfig
+    """This meter's validated options."""
+
+    def __init__(self, config: MeterConfig | None = None, **options: Any) -> None:
+        if config is None:
+            config = self.make_config(**options)
+        elif options:
+            raise TypeError("pass either a Config or keyword options, not both")
+        elif not isinstance(config, self.Config):
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.Config.__qualname__}; got "
+                f"{type(config).__qualname__} (build it with {type(self).__name__}.make_config)"
+            )
+        self.config = config
+
+    @classmethod
+    def make_config(cls, **options: Any) -> MeterConfig:
+        """:attr:`Config` from keyword options (``name`` defaults to the meter's name).
+
+        :raises ConfigError: an unknown option, a missing or bad value, naming the option,
+            the value, the allowed keys and the fix.
+        """
+        from .recipe import meter_config_from
+
+        return meter_config_from(
+            cls.Config, {"name": cls.name, **options}, key="", label=f"{cls.__name__} options"
+        )
+
+    @classmethod
+    def from_config(cls, config: MeterConfig) -> EnergyMeter:
+        """The meter for a validated recipe item: ``cls(config)`` for a meter that keeps the
+        base constructor, else ``cls(**config.options())``.
+
+        Override this when the constructor's keywords differ from the Config's fields.
+        """
+        if not isinstance(config, cls.Config):
+            config = cls.make_config(**{**config.options(), "name": config.name})
+        if cls.__init__ is EnergyMeter.__init__:
+            return cls(config)
+        return cls(**config.options())
 
     def probe(self) -> Availability:
         raise NotImplementedError

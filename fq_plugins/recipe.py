@@ -29,7 +29,7 @@ from pydantic import (
 from .data.npz import GroupSpec
 from .errors import ConfigError, close_matches
 from .fairness.regularizers import RegularizerSpec
-from .protocols import MethodConfig
+from .protocols import MeterConfig, MethodConfig
 
 if TYPE_CHECKING:
     from .energy.carbon import CarbonModel
@@ -46,6 +46,7 @@ __all__ = [
     "TrainSpec",
     "default_recipe_text",
     "load_recipe",
+    "validate_meter_config",
     "validate_method_config",
 ]
 
@@ -181,21 +182,120 @@ class CarbonSpec(_Strict):
         )
 
 
-class EnergySpec(_Strict):
-    """``energy``: meters wrapping each phase; ``auto`` = first measured meter, else estimate."""
+MeterItem = str | SerializeAsAny[MeterConfig]
+"""One ``energy.meters`` item: a meter name, or its ``Config`` (``name`` plus options)."""
 
-    meters: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
+
+class EnergySpec(_Strict):
+    """``energy``: meters wrapping each phase; ``auto`` = first measured meter, else estimate.
+
+    Each item of ``meters`` is a name (``cpu_time``, ``auto``) or a mapping of ``name`` plus
+    that meter's options (``{name: rapl, poll_seconds: 1}``), validated by the meter's own
+    ``Config``. Names stay strings; mappings become the meter's Config.
+    """
+
+    meters: list[MeterItem] = Field(default_factory=lambda: list[MeterItem](["auto"]), min_length=1)
     carbon: CarbonSpec = Field(default_factory=CarbonSpec)
 
-    @field_validator("meters")
+    @field_validator("meters", mode="before")
     @classmethod
-    def _known_meters(cls, v: list[str], info: ValidationInfo) -> list[str]:
+    def _validate_meters(cls, v: Any, info: ValidationInfo) -> Any:
         pm = (info.context or {}).get("plugin_manager")
-        if pm is not None:
-            for i, name in enumerate(v):
-                if name != "auto":
-                    pm.meters.get(name, key=f"energy.meters[{i}]")
-        return v
+        if pm is None or not isinstance(v, list):
+            return v
+        return [
+            validate_meter_config(item, pm, key=f"energy.meters[{i}]") for i, item in enumerate(v)
+        ]
+
+
+def validate_meter_config(item: Any, pm: FQPluginManager, *, key: str) -> str | MeterConfig:
+    """Validate one ``energy.meters`` item by its meter's own ``Config``.
+
+    A name is returned as is once its meter is known and its options all have defaults;
+    a mapping (or a Config) is returned as the meter's Config. ``auto`` is a plain name.
+    """
+    if isinstance(item, str):
+        if item == "auto":
+            return item
+        meter = pm.meters.get(item, key=key)
+        meter_config_from(meter.Config, {"name": item}, key=key, label="")
+        return item
+    if isinstance(item, MeterConfig):
+        meter = pm.meters.get(item.name, key=f"{key}.name")
+        if isinstance(item, meter.Config):
+            return item
+        item = item.model_dump()
+    if not isinstance(item, dict):
+        raise ConfigError(
+            "each meter is a name (auto, cpu_time, …) or a mapping of `name` plus the "
+            f"meter's options, like {{name: rapl, poll_seconds: 1}}; got {item!r}",
+            key=key,
+        )
+    if "name" not in item:
+        raise ConfigError(
+            f"missing `name` in {item!r}; allowed: {', '.join(pm.meters.names())}. "
+            "Write the meter as {name: NAME, OPTION: VALUE, …}",
+            key=f"{key}.name",
+        )
+    name = item["name"]
+    if name == "auto":
+        extra = sorted(str(k) for k in item if k != "name")
+        raise ConfigError(
+            "`auto` takes no options"
+            + (f" (got {', '.join(extra)})" if extra else "")
+            + ": it picks the first measured meter that probes ok, with its defaults. Write "
+            "the plain name `auto`, or name the meter to configure it: {name: rapl, poll_seconds: 1}",
+            key=key,
+        )
+    meter = pm.meters.get(str(name), key=f"{key}.name")
+    return meter_config_from(meter.Config, dict(item), key=key, label="")
+
+
+def meter_config_from(
+    config_cls: type[MeterConfig], data: dict[str, Any], *, key: str, label: str
+) -> MeterConfig:
+    """``config_cls`` validated from ``data`` (``name`` plus options).
+
+    :param key: the key path of the item (``energy.meters[1]``) that prefixes each error.
+    :param label: what the options belong to, when ``key`` is empty (a constructor's name).
+    :raises ConfigError: one line per unknown option (its value, the allowed keys, a
+        close match), missing option (how to give it) or bad value (the value and the rule).
+    """
+    fields = config_cls.model_fields
+    meter = data.get("name")
+    lines: list[str] = []
+    suggested: set[str] = set()  # a misspelt option is not reported missing as well
+    if config_cls.model_config.get("extra") == "forbid":
+        allowed = sorted(fields)
+        for k, v in data.items():
+            if k not in fields:
+                hint = close_matches(str(k), allowed)
+                suggested.update(a for a in allowed if repr(a) in hint)
+                lines.append(
+                    f"{_loc_str(key, (k,))}: unknown option {k!r} (got {v!r}) of meter "
+                    f"{meter!r}. Allowed keys here: {', '.join(allowed)}."
+                    + (f" Did you mean {hint}?" if hint else "")
+                )
+    for k, field in fields.items():
+        if field.is_required() and k not in data and k not in suggested:
+            what = f" ({field.description.rstrip('.')})" if field.description else ""
+            lines.append(
+                f"{_loc_str(key, (k,))}: meter {meter!r} needs option {k!r}{what}; write it "
+                f"as a mapping: {{name: {meter}, {k}: VALUE}}"
+            )
+    if not lines:
+        try:
+            return config_cls.model_validate(data)
+        except ValidationError as exc:
+            text = _format_errors(exc, config_cls, prefix=key)
+            lines = text.removeprefix("invalid recipe:\n  ").split("\n  ")
+    if label:
+        msg = f"{label}: {lines[0]}" if len(lines) == 1 else f"{label}:\n  " + "\n  ".join(lines)
+    else:  # one line per key path, so a recipe's other errors line up beside these
+        msg = "\n  ".join(lines)
+    err = ConfigError(msg)
+    err.located = True  # the message already names the key paths
+    raise err
 
 
 class OutputSpec(_Strict):

@@ -38,6 +38,7 @@ from .protocols import (
     EnergyMeter,
     EnergyReading,
     FairnessMetric,
+    MeterConfig,
     MetricResult,
 )
 from .targets import select_targets
@@ -372,13 +373,27 @@ class FairnessMetricContract:
 class EnergyMeterContract:
     """The behaviour every :class:`~fq_plugins.protocols.EnergyMeter` must show.
 
-    Override ``make_meter`` to build it against a fake device (e.g. a fake powercap tree).
+    ``config`` holds the options a recipe would give (``{"watts": 10}``); ``make_meter``
+    builds ``meter_cls(**config)``. Override it to build the meter against a fake device
+    (e.g. a fake powercap tree).
     """
 
     meter_cls: ClassVar[type[EnergyMeter]]
+    config: ClassVar[dict[str, Any]] = {}
 
     def make_meter(self) -> EnergyMeter:
-        return self.meter_cls()
+        return self.meter_cls(**self.config)
+
+    def make_config(self) -> MeterConfig:
+        return self.meter_cls.Config.model_validate({"name": self.meter_cls.name, **self.config})
+
+    def _reading(self) -> EnergyReading:
+        meter = self.make_meter()
+        if not meter.probe().ok:
+            pytest.skip("meter unavailable here")
+        meter.start()
+        sum(i * i for i in range(200_000))
+        return meter.stop()
 
     def test_has_name_and_description(self) -> None:
         assert self.meter_cls.name and self.meter_cls.description
@@ -391,17 +406,77 @@ class EnergyMeterContract:
             assert a.reason, "say why the meter is unavailable"
 
     def test_reading_is_labelled_and_non_negative(self) -> None:
-        meter = self.make_meter()
-        if not meter.probe().ok:
-            pytest.skip("meter unavailable here")
-        meter.start()
-        sum(i * i for i in range(200_000))
-        r = meter.stop()
+        r = self._reading()
         assert isinstance(r, EnergyReading) and r.seconds >= 0
         assert r.joules and set(r.joules) == set(r.methods)
         for dom, j in r.joules.items():
             assert j >= 0 and math.isfinite(j), dom
             assert r.methods[dom].startswith(("measured:", "estimated:")), r.methods[dom]
+
+    def test_measured_flag_matches_the_labels(self) -> None:
+        """``measured = True`` ⇔ every domain is labelled ``measured:*`` (``auto`` trusts it)."""
+        r = self._reading()
+        cls = self.meter_cls
+        for dom, label in r.methods.items():
+            if cls.measured:
+                assert label.startswith("measured:"), (
+                    f"{cls.__name__}.measured is True but domain {dom!r} is labelled "
+                    f"{label!r}: label every figure of a measured meter `measured:<source>`, "
+                    "or set `measured = False` (then `auto` does not pick it)"
+                )
+            else:
+                assert not label.startswith("measured:"), (
+                    f"{cls.__name__}.measured is False but domain {dom!r} is labelled "
+                    f"{label!r}: label estimates `estimated:<method>`, or set `measured = True` "
+                    "if the meter reads hardware counters"
+                )
+
+    def test_config_is_a_meter_config(self) -> None:
+        cfg_cls = self.meter_cls.Config
+        assert isinstance(cfg_cls, type) and issubclass(cfg_cls, MeterConfig), (
+            f"{self.meter_cls.__name__}.Config must subclass fq_plugins.protocols.MeterConfig"
+        )
+        meter = self.make_meter()
+        assert isinstance(getattr(meter, "config", None), cfg_cls), (
+            f"{self.meter_cls.__name__} instances must keep their validated options as "
+            f"`self.config` (a {cfg_cls.__name__}): call "
+            "`super().__init__(self.make_config(...))` in a constructor of your own"
+        )
+
+    def test_config_json_round_trip(self) -> None:
+        for cfg in (self.make_config(), self.make_meter().config):
+            text = cfg.model_dump_json()
+            again = type(cfg).model_validate(json.loads(text))
+            assert again == cfg, (
+                f"{type(cfg).__name__} does not survive JSON: {cfg!r} → {text} → {again!r}; "
+                "use JSON types (str, numbers, lists) for options"
+            )
+
+    def test_config_rejects_unknown_key(self) -> None:
+        cfg_cls = self.meter_cls.Config
+        data = {"name": self.meter_cls.name, **self.config, "no_such_key_xyz": 1}
+        try:
+            cfg_cls.model_validate(data)
+        except ValidationError:
+            return
+        raise AssertionError(
+            f"{cfg_cls.__name__} accepted the unknown key 'no_such_key_xyz', so a misspelt "
+            "recipe option would pass silently: keep MeterConfig's model_config "
+            "(extra='forbid')"
+        )
+
+    def test_from_config_builds_the_meter(self) -> None:
+        """What a host does with a recipe item: ``from_config(Config)`` gives this meter."""
+        cfg = self.make_config()
+        meter = self.meter_cls.from_config(cfg)
+        assert isinstance(meter, self.meter_cls)
+        for key in self.config:
+            got = getattr(meter.config, key, None)
+            assert got == getattr(cfg, key), (
+                f"from_config lost option {key!r}: the recipe gave {getattr(cfg, key)!r}, the "
+                f"meter has {got!r}; take the Config's fields as keyword arguments, or "
+                "override from_config"
+            )
 
 
 class DataSelectorContract:

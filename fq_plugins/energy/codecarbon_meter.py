@@ -20,15 +20,38 @@ import re
 import time
 from typing import Any, ClassVar
 
+from pydantic import Field, field_validator
+
 from .._markers import hookimpl
 from ..errors import ConfigError
 from ..hookspecs import RegisterFn
-from ..protocols import Availability, EnergyMeter, EnergyReading
+from ..protocols import Availability, EnergyMeter, EnergyReading, MeterConfig
 
-__all__ = ["CodecarbonMeter"]
+__all__ = ["CodecarbonConfig", "CodecarbonMeter"]
 
 METHOD = "estimated:codecarbon"
 INSTALL = "pip install codecarbon"
+
+
+class CodecarbonConfig(MeterConfig):
+    """Options of the ``codecarbon`` meter."""
+
+    country: str | None = Field(
+        None,
+        description="ISO 3166-1 alpha-3 code (DNK); default: the recipe's energy.carbon.country, "
+        "else $FQ_CARBON_COUNTRY.",
+    )
+    measure_power_secs: float = Field(15.0, gt=0, description="codecarbon's sampling period (s).")
+
+    @field_validator("country")
+    @classmethod
+    def _alpha3(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        code = v.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise ValueError("codecarbon needs an ISO 3166-1 alpha-3 country code such as 'DNK'")
+        return code
 
 
 class CodecarbonMeter(EnergyMeter):
@@ -44,19 +67,14 @@ class CodecarbonMeter(EnergyMeter):
         "codecarbon OfflineEmissionsTracker with an explicit country (optional: pip install codecarbon)."
     )
     measured: ClassVar[bool] = False  # codecarbon may estimate; `auto` never picks it
+    Config: ClassVar[type[MeterConfig]] = CodecarbonConfig
+    config: CodecarbonConfig
 
     def __init__(self, country: str | None = None, *, measure_power_secs: float = 15.0) -> None:
         country = country if country is not None else os.environ.get("FQ_CARBON_COUNTRY")
-        if country is not None:
-            country = country.strip().upper()
-            if not re.fullmatch(r"[A-Z]{3}", country):
-                raise ConfigError(
-                    f"codecarbon needs an ISO 3166-1 alpha-3 country code such as 'DNK'; got {country!r}"
-                )
-        if not measure_power_secs > 0:
-            raise ConfigError(f"measure_power_secs must be > 0; got {measure_power_secs!r}")
-        self.country = country
-        self.measure_power_secs = measure_power_secs
+        super().__init__(self.make_config(country=country, measure_power_secs=measure_power_secs))
+        self.country = self.config.country
+        self.measure_power_secs = self.config.measure_power_secs
         self._tracker: Any = None
         self._t0: float | None = None
 

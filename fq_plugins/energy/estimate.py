@@ -14,12 +14,20 @@ import resource
 import time
 from typing import ClassVar
 
-from .._markers import hookimpl
-from ..errors import ConfigError
-from ..hookspecs import RegisterFn
-from ..protocols import Availability, EnergyMeter, EnergyReading
+from pydantic import Field
 
-__all__ = ["DEFAULT_WATTS_PER_CPU", "TDP_TABLE", "CpuTimeMeter", "cpu_model_name", "watts_per_cpu"]
+from .._markers import hookimpl
+from ..hookspecs import RegisterFn
+from ..protocols import Availability, EnergyMeter, EnergyReading, MeterConfig
+
+__all__ = [
+    "DEFAULT_WATTS_PER_CPU",
+    "TDP_TABLE",
+    "CpuTimeConfig",
+    "CpuTimeMeter",
+    "cpu_model_name",
+    "watts_per_cpu",
+]
 
 DEFAULT_WATTS_PER_CPU = 4.0
 """Fallback W per busy logical CPU (≈ a 205 W, 56-thread server part or a 65 W, 16-thread desktop part)."""
@@ -75,19 +83,36 @@ def _cpu_seconds() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
+class CpuTimeConfig(MeterConfig):
+    """Options of the ``cpu_time`` meter."""
+
+    watts_per_cpu: float | None = Field(
+        None,
+        gt=0,
+        description="W per busy logical CPU; default: TDP / logical CPUs from the TDP table, "
+        f"else {DEFAULT_WATTS_PER_CPU:g} W.",
+    )
+
+
 class CpuTimeMeter(EnergyMeter):
-    """Estimate: process CPU seconds × W per busy logical CPU (labelled ``estimated:``)."""
+    """Estimate: process CPU seconds × W per busy logical CPU (labelled ``estimated:``).
+
+    :param watts_per_cpu: power per busy logical CPU (W), labelled
+        ``estimated:cpu-time-user-power``; default: the TDP table, else the default power.
+    """
 
     name: ClassVar[str] = "cpu_time"
     description: ClassVar[str] = (
         "Estimate from process CPU time × TDP per logical CPU (always available; labelled estimated)."
     )
     measured: ClassVar[bool] = False
+    Config: ClassVar[type[MeterConfig]] = CpuTimeConfig
+    config: CpuTimeConfig
 
     def __init__(self, watts_per_cpu: float | None = None) -> None:
+        super().__init__(self.make_config(watts_per_cpu=watts_per_cpu))
+        watts_per_cpu = self.config.watts_per_cpu
         if watts_per_cpu is not None:
-            if not watts_per_cpu > 0:
-                raise ConfigError(f"watts_per_cpu must be > 0; got {watts_per_cpu}")
             self.watts, self.label, self.source = (
                 watts_per_cpu,
                 "estimated:cpu-time-user-power",

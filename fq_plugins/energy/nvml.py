@@ -20,12 +20,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from pydantic import Field, field_validator
+
 from .._markers import hookimpl
 from ..errors import ConfigError, MissingDependencyError
 from ..hookspecs import RegisterFn
-from ..protocols import Availability, EnergyMeter, EnergyReading
+from ..protocols import Availability, EnergyMeter, EnergyReading, MeterConfig
 
-__all__ = ["NvmlMeter"]
+__all__ = ["NvmlConfig", "NvmlMeter"]
 
 METHOD = "measured:nvml"
 
@@ -34,12 +36,40 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+class NvmlConfig(MeterConfig):
+    """Options of the ``nvml`` meter."""
+
+    devices: list[int] | None = Field(
+        None,
+        description="NVML device indices to read (≥ 0, at least one); default: the local "
+        "rank's GPU under torchrun, else every GPU.",
+    )
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _indices(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        ok = (
+            isinstance(v, list | tuple)
+            and v
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+        )
+        if not ok:
+            raise ValueError(
+                "nvml devices must be a non-empty list of NVML indices ≥ 0 (as `nvidia-smi -L` "
+                "numbers them), e.g. [0, 1]"
+            )
+        return list(v)
+
+
 class NvmlMeter(EnergyMeter):
     """GPU energy from NVML total-energy counters (measured).
 
     :param devices: NVML device indices to read; default: the local rank's GPU under
         torchrun, else all GPUs.
     :param nvml: an object with pynvml's API (tests inject a fake); default ``import pynvml``.
+        Not a recipe option.
     """
 
     name: ClassVar[str] = "nvml"
@@ -47,16 +77,12 @@ class NvmlMeter(EnergyMeter):
         "NVIDIA GPU energy from NVML total-energy counters (measured; needs nvidia-ml-py)."
     )
     measured: ClassVar[bool] = True
+    Config: ClassVar[type[MeterConfig]] = NvmlConfig
+    config: NvmlConfig
 
     def __init__(self, devices: Sequence[int] | None = None, *, nvml: Any = None) -> None:
-        if devices is not None:
-            devices = list(devices)
-            bad = [d for d in devices if not isinstance(d, int) or d < 0]
-            if bad or not devices:
-                raise ConfigError(
-                    f"nvml devices must be non-empty NVML indices ≥ 0; got {devices!r}"
-                )
-        self.devices = devices
+        super().__init__(self.make_config(devices=None if devices is None else list(devices)))
+        self.devices = self.config.devices
         self._nvml = nvml
         self._handles: dict[int, Any] = {}
         self._e0: dict[int, int] = {}

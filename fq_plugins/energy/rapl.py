@@ -34,13 +34,16 @@ import threading
 import time
 from typing import ClassVar
 
+from pydantic import Field
+
 from .._markers import hookimpl
 from ..errors import FQError
 from ..hookspecs import RegisterFn
-from ..protocols import Availability, EnergyMeter, EnergyReading
+from ..protocols import Availability, EnergyMeter, EnergyReading, MeterConfig
 
 __all__ = [
     "DEFAULT_POWERCAP_ROOT",
+    "RaplConfig",
     "RaplDomain",
     "RaplMeter",
     "RaplPermissionError",
@@ -189,14 +192,30 @@ def _local_rank() -> int:
         return 0
 
 
+class RaplConfig(MeterConfig):
+    """Options of the ``rapl`` meter."""
+
+    root: str | None = Field(
+        None,
+        min_length=1,
+        description="powercap sysfs root; default $FQ_POWERCAP_ROOT, else /sys/class/powercap.",
+    )
+    poll_seconds: float | None = Field(
+        10.0,
+        ge=0,
+        description="background sampling period (s) that keeps counter wrap-arounds "
+        "detectable; 0 or null samples only at the start and end of each phase.",
+    )
+
+
 class RaplMeter(EnergyMeter):
     """CPU package and DRAM energy from RAPL counters (``measured:rapl``).
 
     :param root: powercap sysfs root; default ``$FQ_POWERCAP_ROOT`` or /sys/class/powercap.
     :param poll_seconds: background sampling period (s) that keeps wrap-arounds detectable;
-        ``None`` samples only at ``start``/``stop`` (and on :meth:`sample`).
+        ``None`` or 0 samples only at ``start``/``stop`` (and on :meth:`sample`).
     :param local_rank: this process's rank on its node; default ``$LOCAL_RANK`` or 0. Only
-        local rank 0 reads the node's counters.
+        local rank 0 reads the node's counters. Not a recipe option (torchrun sets it).
     """
 
     name: ClassVar[str] = "rapl"
@@ -204,6 +223,8 @@ class RaplMeter(EnergyMeter):
         "CPU package + DRAM energy from Intel/AMD RAPL counters in powercap sysfs (measured)."
     )
     measured: ClassVar[bool] = True
+    Config: ClassVar[type[MeterConfig]] = RaplConfig
+    config: RaplConfig
 
     def __init__(
         self,
@@ -212,8 +233,13 @@ class RaplMeter(EnergyMeter):
         poll_seconds: float | None = 10.0,
         local_rank: int | None = None,
     ) -> None:
-        self.root = powercap_root(root)
-        self.poll_seconds = poll_seconds
+        super().__init__(
+            self.make_config(
+                root=None if root is None else os.fspath(root), poll_seconds=poll_seconds
+            )
+        )
+        self.root = powercap_root(self.config.root)
+        self.poll_seconds = self.config.poll_seconds
         self.local_rank = _local_rank() if local_rank is None else local_rank
         self._domains: list[RaplDomain] = []
         self._last: dict[str, int] = {}

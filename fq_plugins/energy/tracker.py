@@ -14,16 +14,22 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError
-from ..protocols import EnergyMeter, EnergyReading
+from ..protocols import EnergyMeter, EnergyReading, MeterConfig
 
 if TYPE_CHECKING:
     from ..manager import FQPluginManager
     from .carbon import CarbonModel
 
-__all__ = ["EnergyPredictions", "EnergyTracker", "merge_readings", "resolve_meters"]
+__all__ = [
+    "EnergyPredictions",
+    "EnergyTracker",
+    "build_meter",
+    "merge_readings",
+    "resolve_meters",
+]
 
 Log = Callable[[str], None]
 
@@ -38,26 +44,61 @@ def _construct(cls: type[Any], options: dict[str, Any] | None) -> Any:
     return construct(cls, options)
 
 
+def build_meter(
+    cls: type[EnergyMeter],
+    item: str | MeterConfig,
+    options: dict[str, Any] | None = None,
+    *,
+    key: str = "energy.meters",
+) -> EnergyMeter:
+    """One meter from a recipe item (a name or the meter's Config) and the host's options.
+
+    Host options (``country`` from ``energy.carbon``) fill the Config's fields that the
+    recipe left at ``None``; the meter's own options win. A meter without a Config of its
+    own gets the host options its constructor accepts by name (as before Configs existed).
+    """
+    if cls.Config is MeterConfig:
+        return cast(EnergyMeter, _construct(cls, options))
+    if isinstance(item, str):
+        from ..recipe import meter_config_from
+
+        item = meter_config_from(cls.Config, {"name": item}, key=key, label="")
+    fills = {
+        k: v
+        for k, v in (options or {}).items()
+        if v is not None and k in type(item).model_fields and getattr(item, k) is None
+    }
+    if fills:
+        from ..recipe import meter_config_from
+
+        item = meter_config_from(
+            cls.Config, {**item.options(), **fills, "name": item.name}, key=key, label=""
+        )
+    return cls.from_config(item)
+
+
 def resolve_meters(
-    names: Sequence[str],
+    names: Sequence[str | MeterConfig],
     pm: FQPluginManager,
     log: Log = _stderr_log,
     options: dict[str, Any] | None = None,
 ) -> list[EnergyMeter]:
     """Instantiate meters; ``auto`` = first *measured* meter whose probe is ok, else ``cpu_time``.
 
-    :param options: keyword options handed to every meter whose constructor accepts them
-        by name (``country`` for the codecarbon meter).
+    :param names: the recipe's ``energy.meters``: names, or meter Configs (name + options).
+    :param options: host options (``country`` for the codecarbon meter) that fill the
+        fields each meter's Config left at ``None`` (see :func:`build_meter`).
     """
     meters: list[EnergyMeter] = []
-    for i, name in enumerate(names):
-        if name == "auto":
+    for i, item in enumerate(names):
+        key = f"energy.meters[{i}]"
+        if item == "auto":
             chosen = None
             for entry in pm.meters:
                 if not getattr(entry.cls, "measured", False):
                     continue
                 try:
-                    meter = entry.cls()
+                    meter = build_meter(entry.cls, entry.name, options, key=key)
                     avail = meter.probe()
                 except Exception as exc:  # a meter that cannot even probe is unavailable
                     log(f"energy: meter {entry.name!r} unavailable ({type(exc).__name__}: {exc})")
@@ -67,18 +108,22 @@ def resolve_meters(
                     break
                 log(f"energy: meter {entry.name!r} unavailable ({avail.status}: {avail.reason})")
             if chosen is None:
-                chosen = pm.meters.get("cpu_time", key=f"energy.meters[{i}]")()
+                chosen = build_meter(
+                    pm.meters.get("cpu_time", key=key), "cpu_time", options, key=key
+                )
                 log(
                     "energy: no measured meter available here; using the labelled CPU-time estimate"
                 )
             meters.append(chosen)
         else:
-            meter = _construct(pm.meters.get(name, key=f"energy.meters[{i}]"), options)
+            name = item if isinstance(item, str) else item.name
+            cls = pm.meters.get(name, key=key if isinstance(item, str) else f"{key}.name")
+            meter = build_meter(cls, item, options, key=key)
             avail = meter.probe()
             if not avail.ok:
                 raise ConfigError(
                     f"meter {name!r} cannot run here ({avail.status}): {avail.reason}",
-                    key=f"energy.meters[{i}]",
+                    key=key,
                 )
             meters.append(meter)
     return meters
@@ -203,7 +248,6 @@ def _reduce_across_ranks(reading: EnergyReading) -> EnergyReading:
     return reading
 
 
-
 class EnergyPredictions:
     """Carbontracker-style prediction: after a training phase's first epoch, the phase's
     total energy ≈ first-epoch energy × epochs. Logged, and stored per phase."""
@@ -243,5 +287,3 @@ class EnergyPredictions:
             return {}
         entry["actual_joules"] = float(sum(r.total_joules for r in readings.values()))
         return {phase: entry}
-
-
