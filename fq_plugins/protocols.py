@@ -50,7 +50,12 @@ class MethodConfig(BaseModel):
     Unknown keys are errors (``extra="forbid"``) so a misspelt key never passes silently.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # frozen: validated values cannot be changed afterwards (use ``model_copy(update=...)``
+    # and validate again), so no unvalidated value reaches a method
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config_version: ClassVar[int] = 1
+    """Schema version of this method's config; bump it when a field changes meaning."""
 
     method: str = Field(description="Registered compressor name.")
     targets: TargetSpec = Field(

@@ -12,7 +12,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from .manager import FQPluginManager
 
 __all__ = [
+    "RUN_ONLY_KEYS",
+    "SCHEMA_VERSION",
     "CarbonSpec",
+    "CompressionRecipe",
     "DataSpec",
     "EnergySpec",
     "FairnessSpec",
@@ -45,14 +48,20 @@ __all__ = [
     "Recipe",
     "TrainSpec",
     "default_recipe_text",
+    "load_compression_recipe",
     "load_recipe",
     "validate_meter_config",
     "validate_method_config",
 ]
 
 
+SCHEMA_VERSION = 1
+"""The recipe schema this fq-plugins reads (the recipe's ``version`` key)."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # frozen: after validation no value can change, so nothing unvalidated reaches the code
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SyntheticSpec(_Strict):
@@ -305,26 +314,49 @@ class OutputSpec(_Strict):
 MethodList = list[SerializeAsAny[MethodConfig]]
 
 
-class Recipe(_Strict):
-    """A whole job. ``compress`` is the main pipeline (methods apply in order);
-    ``compare`` adds named pipelines that ``fq-plugins run`` evaluates beside it."""
+class CompressionRecipe(_Strict):
+    """The host-neutral part of a recipe: what the HF callback, the NNCF adapter and the
+    torchao configs read. ``compress`` is the pipeline (methods apply in order)."""
+
+    version: int = Field(SCHEMA_VERSION, description="Recipe schema version.")
+    compress: MethodList = Field(default_factory=list)
+    fairness: FairnessSpec = Field(default_factory=FairnessSpec)
+    energy: EnergySpec = Field(default_factory=EnergySpec)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v > SCHEMA_VERSION:
+            raise ValueError(
+                f"this recipe is schema version {v}; this fq-plugins reads version "
+                f"{SCHEMA_VERSION}: upgrade fq-plugins, or write the recipe for version {SCHEMA_VERSION}"
+            )
+        if v < 1:
+            raise ValueError(f"version must be ≥ 1; got {v}")
+        return v
+
+    @field_validator("compress", mode="before")
+    @classmethod
+    def _validate_compress(cls, v: Any, info: ValidationInfo) -> Any:
+        return _validate_methods(v, info, "compress")
+
+
+RUN_ONLY_KEYS = ("name", "seed", "data", "model", "train", "compare", "finetune", "output")
+"""Recipe sections only ``fq-plugins run`` reads (its data, model and training loop)."""
+
+
+class Recipe(CompressionRecipe):
+    """A whole ``fq-plugins run`` job: the host-neutral part plus data, model, training,
+    and ``compare``: named pipelines that ``fq-plugins run`` evaluates beside ``compress``."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    compress: MethodList = Field(default_factory=list)
     compare: dict[str, MethodList] = Field(default_factory=dict)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
-    fairness: FairnessSpec = Field(default_factory=FairnessSpec)
-    energy: EnergySpec = Field(default_factory=EnergySpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
-
-    @field_validator("compress", mode="before")
-    @classmethod
-    def _validate_compress(cls, v: Any, info: ValidationInfo) -> Any:
-        return _validate_methods(v, info, "compress")
 
     @field_validator("compare", mode="before")
     @classmethod
@@ -446,7 +478,7 @@ def _config_error(err: Any) -> ConfigError | None:
     return inner if isinstance(inner, ConfigError) else None
 
 
-def _raise_validation(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> None:
+def _raise_validation(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> NoReturn:
     """Re-raise a lone ConfigError as itself (keeps UnknownPluginError); else format all."""
     errs = exc.errors(include_url=False)
     inner = _config_error(errs[0]) if len(errs) == 1 else None
@@ -536,15 +568,50 @@ def load_recipe(
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     pm = plugin_manager or get_plugin_manager()
+    section = data.get("data")
+    if base_dir is not None and isinstance(section, dict) and isinstance(section.get("path"), str):
+        # a relative data path is read relative to the recipe file when it exists there
+        p = Path(os.path.expanduser(os.path.expandvars(section["path"])))
+        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+            data["data"] = {**section, "path": str(base_dir / p)}
     try:
-        recipe = Recipe.model_validate(data, context={"plugin_manager": pm})
+        return Recipe.model_validate(data, context={"plugin_manager": pm})
     except ValidationError as exc:
         _raise_validation(exc, Recipe)
-    if recipe.data.path and base_dir is not None:
-        p = Path(os.path.expanduser(os.path.expandvars(recipe.data.path)))
-        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
-            recipe.data.path = str(base_dir / p)
-    return recipe
+
+
+def load_compression_recipe(
+    source: str | os.PathLike[str] | dict[str, Any] | CompressionRecipe,
+    *,
+    plugin_manager: FQPluginManager | None = None,
+) -> CompressionRecipe:
+    """The host-neutral recipe an adapter needs: ``compress``, ``fairness``, ``energy``.
+
+    A full ``fq-plugins run`` recipe is accepted too (the same file can drive both): it is
+    validated whole and its run-only sections are simply not used by the host.
+    """
+    from .manager import get_plugin_manager
+
+    if isinstance(source, CompressionRecipe):
+        return source
+    pm = plugin_manager or get_plugin_manager()
+    if isinstance(source, dict):
+        data: Any = source
+    else:
+        path = Path(os.path.expanduser(os.fspath(source)))
+        data = _read_file(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"a recipe must be a mapping of sections (compress, fairness, energy); got {type(data).__name__}"
+        )
+    if any(k in data for k in RUN_ONLY_KEYS):
+        return load_recipe(source if not isinstance(source, dict) else dict(data), plugin_manager=pm)
+    try:
+        return CompressionRecipe.model_validate(data, context={"plugin_manager": pm})
+    except ValidationError as exc:
+        _raise_validation(exc, CompressionRecipe)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -65,7 +65,7 @@ class TargetSpec(BaseModel):
     ``model.named_modules()`` (``layer1.*``, ``head.fc``); ``ignore`` wins.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     types: list[ModuleType] = Field(default_factory=_default_types)
     include: list[str] = Field(default_factory=lambda: ["*"])

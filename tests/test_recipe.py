@@ -125,3 +125,44 @@ def test_recipe_schema_without_plugin_manager_keeps_dicts():
     # Without a registry in the context, method items stay generic MethodConfig objects.
     r = Recipe.model_validate({"compress": [{"method": "uniform"}]})
     assert r.compress[0].method == "uniform"
+
+
+# --- the host-neutral part, schema version, immutability ----------------------------------
+
+
+def test_host_neutral_recipe_needs_no_run_keys():
+    from fq_plugins.recipe import CompressionRecipe, Recipe, load_compression_recipe
+
+    r = load_compression_recipe(
+        {"compress": [{"method": "uniform", "bits": 4}], "fairness": {"group_key": "sex"}}
+    )
+    assert type(r) is CompressionRecipe and r.compress[0].bits == 4
+    assert r.fairness.group_key == "sex" and r.version == 1
+    # a full `fq-plugins run` recipe drives a host too
+    full = load_compression_recipe({"train": {"epochs": 1}, "compress": [{"method": "uniform"}]})
+    assert isinstance(full, Recipe) and full.train.epochs == 1
+
+
+def test_host_neutral_recipe_errors_name_the_key():
+    from fq_plugins.recipe import load_compression_recipe
+
+    with pytest.raises(ConfigError, match=r"compress\[0\]\.bitz: unknown key 'bitz'"):
+        load_compression_recipe({"compress": [{"method": "uniform", "bitz": 4}]})
+    with pytest.raises(ConfigError, match="unknown key 'fairnes'.*Did you mean 'fairness'"):
+        load_compression_recipe({"fairnes": {}})
+
+
+def test_newer_schema_version_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="schema version 2; this fq-plugins reads version 1: upgrade"):
+        load_recipe({"version": 2})
+
+
+def test_validated_configs_are_immutable():
+    from pydantic import ValidationError
+
+    r = load_recipe({"compress": [{"method": "momos"}]})
+    with pytest.raises(ValidationError, match="frozen"):
+        r.compress[0].capacity = None  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        r.train.epochs = -1  # type: ignore[misc]
+    assert r.compress[0].capacity == 0.01  # the default, filled during validation

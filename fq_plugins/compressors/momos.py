@@ -150,12 +150,17 @@ class MoMosConfig(MethodConfig):
     seed: int = 0
     max_chunk_elements: int = Field(1 << 24, ge=1024)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_capacity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("k") is None and data.get("capacity") is None:
+            return {**data, "capacity": 0.01}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> MoMosConfig:
         if self.block_size <= 0:
             raise ValueError(f"block_size must be > 0; got {self.block_size}")
-        if self.k is None and self.capacity is None:
-            self.capacity = 0.01
         if self.k is not None and self.capacity is not None:
             raise ValueError("give either k or capacity, not both")
         if self.capacity is not None and not 0.0 < self.capacity <= 1.0:
@@ -206,8 +211,8 @@ class MoMosCompressor(Compressor):
                 )
             self.k = self.config.k
         else:
-            assert self.config.capacity is not None
-            self.k = max(1, min(int(self.config.capacity * n_blocks), n_blocks))
+            capacity = self.config.capacity if self.config.capacity is not None else 0.01
+            self.k = max(1, min(int(capacity * n_blocks), n_blocks))
         self.n_blocks = n_blocks
         # schedule and motifs live in the model, so a resumed run projects exactly as an
         # uninterrupted one (the projection's sample is seeded by the counter)

@@ -54,7 +54,7 @@ class SymmetricWeightQuant(nn.Module):
 
 
 class AvgBitsBudget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     avg_bits: float = Field(gt=0, description="Target parameter-weighted average bits.")
 
 

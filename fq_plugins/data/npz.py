@@ -29,7 +29,7 @@ class GroupSpec(BaseModel):
     Neither: every distinct value (sorted) is a group.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     column: str
     threshold: float | None = None

@@ -22,7 +22,7 @@ RegularizerKind = Literal["gap", "worst", "variance", "none"]
 class RegularizerSpec(BaseModel):
     """``fairness.regularizer`` in a recipe."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: RegularizerKind = "none"
     weight: float = Field(0.5, ge=0.0, description="λ_fair multiplying the penalty.")

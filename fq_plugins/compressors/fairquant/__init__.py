@@ -49,7 +49,7 @@ log = logging.getLogger("fq_plugins")
 
 
 class ImportanceSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     signal: Literal["grape", "gradient", "hawq"] = "grape"
     reducer: Literal["balanced", "max", "mean", "cvar", "subtractive"] = "balanced"
@@ -63,7 +63,7 @@ class ImportanceSpec(BaseModel):
 class BudgetSpec(BaseModel):
     """Either ``levels`` (bit → fraction of channels) or ``avg_bits`` (parameter-weighted)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     levels: dict[int, float] | None = None
     avg_bits: float | None = Field(None, gt=0)
@@ -72,10 +72,15 @@ class BudgetSpec(BaseModel):
         description="Bit-widths the avg_bits solver may use.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_levels(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("levels") is None and data.get("avg_bits") is None:
+            return {**data, "levels": {2: 0.2, 4: 0.4, 8: 0.4}}
+        return data
+
     @model_validator(mode="after")
     def _one_budget(self) -> BudgetSpec:
-        if self.levels is None and self.avg_bits is None:
-            self.levels = {2: 0.2, 4: 0.4, 8: 0.4}
         if self.levels is not None and self.avg_bits is not None:
             raise ValueError("give either `levels` or `avg_bits`, not both")
         if self.levels is not None:
@@ -86,7 +91,7 @@ class BudgetSpec(BaseModel):
 
 
 class BitRange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min: int = Field(2, ge=1, le=16)
     max: int = Field(8, ge=1, le=16)
@@ -99,7 +104,7 @@ class BitRange(BaseModel):
 
 
 class Penalties(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     bitrate: float = Field(1.0, ge=0.0, description="λ_b of λ_b·(avg_bits − target)².")
 
@@ -118,17 +123,19 @@ class FairQuantConfig(MethodConfig):
     penalties: Penalties = Field(default_factory=Penalties)
     bit_lr: float = Field(3e-3, gt=0, description="BAQ: lr of the bit/dead-zone logits.")
 
-    @model_validator(mode="after")
-    def _mode(self) -> FairQuantConfig:
-        if self.learnable_bits is True:
-            if "mode" in self.model_fields_set and self.mode != "baq":
-                raise ValueError(
-                    f"learnable_bits: true contradicts mode: {self.mode}; use mode: baq"
-                )
-            self.mode = "baq"
-        elif self.learnable_bits is False and self.mode == "baq":
+    @model_validator(mode="before")
+    @classmethod
+    def _mode(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        learnable, mode = data.get("learnable_bits"), data.get("mode")
+        if learnable is True:
+            if mode is not None and mode != "baq":
+                raise ValueError(f"learnable_bits: true contradicts mode: {mode}; use mode: baq")
+            return {**data, "mode": "baq"}
+        if learnable is False and mode == "baq":
             raise ValueError("learnable_bits: false contradicts mode: baq")
-        return self
+        return data
 
 
 _QUANTIZERS = (SymmetricWeightQuant, LearnableBitQuant)
