@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .targets import TargetSpec
+from .targets import Target, TargetSpec
 
 if TYPE_CHECKING:
     from .compressors.ops import QuantCodes
@@ -281,7 +281,7 @@ class Compressor:
     def attach(
         self,
         model: torch.nn.Module,
-        targets: Sequence[tuple[str, torch.nn.Module]],
+        targets: Sequence[Target],
         context: AttachContext | None = None,
     ) -> None:
         """Put the method's state into ``model`` for the selected ``(name, module)`` targets."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import datetime as _dt
 import os
 import platform
@@ -373,7 +374,7 @@ def _run_variant(
         label = pipe.stage_label
         names = ", ".join(m.name for m in session.methods)
         model, e_fin = tracker.measure(
-            f"finalize:{vname}{label}", lambda model=model: pipe.next_stage(model, probe)
+            f"finalize:{vname}{label}", functools.partial(pipe.next_stage, model, probe)
         )
         energy.update(e_fin)
         log(f"[{vname}] stage {label[1:]}/{len(pipe.stages)} finalized ({names})")

@@ -27,7 +27,7 @@ WEIGHT_LAYER_TYPES: tuple[type[torch.nn.Module], ...] = MODULE_TYPES["conv"] + M
 """The layers whose ``weight`` the accounting counts (Conv1d/2d/3d, Linear)."""
 
 
-class Target(tuple):  # type: ignore[type-arg]
+class Target(tuple[str, torch.nn.Module]):
     """One selected ``(name, module)`` pair and the parameter it is about (``.param``).
 
     It unpacks as ``name, module = target`` (the form plugins written against 0.1 use);
@@ -51,7 +51,7 @@ class Target(tuple):  # type: ignore[type-arg]
 
     @property
     def module(self) -> torch.nn.Module:
-        return self[1]  # type: ignore[no-any-return]
+        return self[1]
 
 
 def _default_types() -> list[ModuleType]:

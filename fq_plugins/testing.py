@@ -297,7 +297,8 @@ class CompressorContract:
             assert name in st.layers and st.layers[name].bits is not None, (
                 f"{name}: storage_codes() has codes but stats() reports no bits"
             )
-            assert torch.equal(st.layers[name].bits.float(), qc.bits.float()), name
+            bits = st.layers[name].bits
+            assert bits is not None and torch.equal(bits.float(), qc.bits.float()), name
         if comp.storage_size() is not None:
             return
         for name, mod in model.named_modules():

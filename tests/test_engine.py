@@ -4,8 +4,6 @@ no special case anywhere in the package."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +17,6 @@ from fq_plugins.errors import ConfigError
 from fq_plugins.fairness.regularizers import RegularizerSpec
 from fq_plugins.manager import get_plugin_manager
 from fq_plugins.protocols import (
-    AttachContext,
     CompressionStats,
     Compressor,
     LayerStats,
@@ -185,7 +182,7 @@ def test_toy_goes_through_run_stages_report_and_storage(tmp_path, capsys):
         plugin_manager=pm,
     )
     logs: list[str] = []
-    report, out = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "run"), log=logs.append)
+    report, _ = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "run"), log=logs.append)
     (rep,) = report.variants[1:]
     assert rep.methods == ["bmrs", "toy_ternary"]
     assert [m["method"] for m in rep.method_stats] == ["bmrs", "toy_ternary"]

@@ -148,7 +148,7 @@ def test_host_neutral_recipe_errors_name_the_key():
 
     with pytest.raises(ConfigError, match=r"compress\[0\]\.bitz: unknown key 'bitz'"):
         load_compression_recipe({"compress": [{"method": "uniform", "bitz": 4}]})
-    with pytest.raises(ConfigError, match="unknown key 'fairnes'.*Did you mean 'fairness'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'fairnes'.*Did you mean 'fairness'"):
         load_compression_recipe({"fairnes": {}})
 
 

@@ -32,6 +32,7 @@ from ..engine.installers import install_input_transform
 from ..errors import ConfigError
 from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
+from ..targets import Target
 from .ops import ActivationQuant, QuantCodes, clamp_ste, levels, relu_ste, round_ste
 
 __all__ = ["CoDeQCompressor", "CoDeQConfig", "CoDeQQuant", "codeq_fake_quant"]
@@ -167,7 +168,7 @@ class CoDeQCompressor(Compressor):
     def attach(
         self,
         model: nn.Module,
-        targets: Sequence[tuple[str, nn.Module]],
+        targets: Sequence[Target],
         context: AttachContext | None = None,
     ) -> None:
         cfg = self.config

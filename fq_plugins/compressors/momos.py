@@ -40,6 +40,7 @@ from ..protocols import (
     MethodConfig,
     StorageSize,
 )
+from ..targets import Target
 from .uniform import SymmetricWeightQuant
 
 __all__ = [
@@ -195,7 +196,7 @@ class MoMosCompressor(Compressor):
     def attach(
         self,
         model: nn.Module,
-        targets: Sequence[tuple[str, nn.Module]],
+        targets: Sequence[Target],
         context: AttachContext | None = None,
     ) -> None:
         self.attached = [(t[0], t[1]) for t in targets]

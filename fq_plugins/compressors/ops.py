@@ -8,21 +8,16 @@ the gradient to bits and dead-zones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, cast
-
 import dataclasses
+from typing import cast
 
 import torch
-from torch.nn.utils import parametrize
 
 __all__ = [
     "ActivationQuant",
     "QuantCodes",
-    "bake_weight_parametrizations",
     "channel_absmax",
     "clamp_ste",
-    "find_weight_parametrization",
     "levels",
     "max_code",
     "module_weight",
@@ -260,33 +255,6 @@ def symmetric_fake_quant(
     return _SymmetricFakeQuantSTE.apply(w, s, q_max.expand_as(s) if q_max.dim() else q_max)
 
 
-def bake_weight_parametrizations(modules: Iterable[tuple[str, torch.nn.Module]]) -> None:
-    """Replace each module's parametrized ``weight`` by its current value (a plain Parameter).
-
-    ``remove_parametrizations`` bakes the whole chain on the tensor (e.g. a pruning mask
-    attached by an earlier method, then a quantizer) into one weight: outputs are unchanged.
-    """
-    for _, mod in modules:
-        if parametrize.is_parametrized(mod, "weight"):
-            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
-
-
 def module_weight(mod: torch.nn.Module) -> torch.Tensor:
-    """``mod.weight`` typed as a tensor (the effective, parametrized value if any)."""
+    """``mod.weight`` typed as a tensor (the effective, transformed value if any)."""
     return cast(torch.Tensor, mod.weight)
-
-
-def find_weight_parametrization(
-    mod: torch.nn.Module, kinds: type | tuple[type, ...]
-) -> torch.nn.Module | None:
-    """The first parametrization of ``mod.weight`` that is an instance of ``kinds``.
-
-    Methods chain on one weight (a pruning mask, then a quantizer), so each method looks
-    up its own parametrization rather than assuming it is the only one.
-    """
-    if not parametrize.is_parametrized(mod, "weight"):
-        return None
-    for p in cast(Any, mod).parametrizations.weight:
-        if isinstance(p, kinds):
-            return cast(torch.nn.Module, p)
-    return None

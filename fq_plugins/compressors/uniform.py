@@ -20,6 +20,7 @@ from ..accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ..errors import ConfigError
 from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
+from ..targets import Target
 from .ops import QuantCodes, levels, symmetric_fake_quant, symmetric_quant_codes
 
 __all__ = ["SymmetricWeightQuant", "UniformCompressor", "UniformConfig", "weight_params_total"]
@@ -74,7 +75,7 @@ class UniformCompressor(Compressor):
     Config = UniformConfig
     config: UniformConfig
 
-    def _choose_bits(self, model: nn.Module, targets: Sequence[tuple[str, nn.Module]]) -> int:
+    def _choose_bits(self, model: nn.Module, targets: Sequence[Target]) -> int:
         if self.config.budget is None:
             return self.config.bits
         n_all = weight_params_total(model)
@@ -98,7 +99,7 @@ class UniformCompressor(Compressor):
     def attach(
         self,
         model: nn.Module,
-        targets: Sequence[tuple[str, nn.Module]],
+        targets: Sequence[Target],
         context: AttachContext | None = None,
     ) -> None:
         k = self._choose_bits(model, targets)

@@ -27,6 +27,7 @@ from ..._markers import hookimpl
 from ...errors import ConfigError
 from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
+from ...targets import Target
 from ..ops import module_weight
 from .evidence import (
     delta_f_normal,
@@ -175,7 +176,7 @@ class BMRSCompressor(Compressor):
     def attach(
         self,
         model: nn.Module,
-        targets: Sequence[tuple[str, nn.Module]],
+        targets: Sequence[Target],
         context: AttachContext | None = None,
     ) -> None:
         from .prune import require_torch_pruning

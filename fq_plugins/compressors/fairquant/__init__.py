@@ -29,6 +29,7 @@ from ...accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ...errors import ConfigError
 from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
+from ...targets import Target
 from ..uniform import SymmetricWeightQuant
 from .allocation import Allocation, allocate_bits, check_levels
 from .baq import LearnableBitQuant
@@ -177,7 +178,7 @@ class FairQuantCompressor(Compressor):
     def attach(
         self,
         model: nn.Module,
-        targets: Sequence[tuple[str, nn.Module]],
+        targets: Sequence[Target],
         context: AttachContext | None = None,
     ) -> None:
         cfg = self.config

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import QuantCodes, channel_absmax, clamp_ste, round_ste
+from ..ops import QuantCodes, channel_absmax, clamp_ste, levels, round_ste
 
 __all__ = ["LearnableBitQuant", "baq_fake_quant", "baq_fake_quant_reference", "bits_to_logit"]
 
@@ -94,7 +94,7 @@ def _channel_terms(
     shape = (-1,) + (1,) * (w.dim() - 1)
     a = channel_absmax(w)  # detached
     b = round_ste(logit_to_bits(bit_logit, b_min, b_max)).reshape(shape)
-    m = torch.pow(2.0, b - 1.0) - 1.0
+    m = levels(b)
     if dz_logit is not None:
         half_d = a * (1.0 - torch.tanh(dz_logit).abs().reshape(shape))
     else:
