@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import datetime as _dt
+import functools
 import os
 import platform
 import sys
