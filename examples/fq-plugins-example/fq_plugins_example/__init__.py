@@ -1,6 +1,9 @@
-"""Example third-party plugin: a magnitude pruner and a worst-class-recall metric."""
+"""Example third-party plugin: a magnitude pruner, a worst-class-recall metric and a
+wall-clock × power energy estimate."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from pydantic import Field
@@ -9,9 +12,18 @@ from torch.nn.utils import parametrize
 
 from fq_plugins import hookimpl
 from fq_plugins.fairness.table import GroupConfusion
-from fq_plugins.protocols import Compressor, FairnessMetric, MethodConfig, MetricResult
+from fq_plugins.protocols import (
+    Availability,
+    Compressor,
+    EnergyMeter,
+    EnergyReading,
+    FairnessMetric,
+    MeterConfig,
+    MethodConfig,
+    MetricResult,
+)
 
-__all__ = ["MagnitudePrune", "WorstClassRecall"]
+__all__ = ["MagnitudePrune", "WallTdpConfig", "WallTdpMeter", "WorstClassRecall"]
 
 
 class _Mask(nn.Module):
@@ -71,6 +83,47 @@ class WorstClassRecall(FairnessMetric):
         )
 
 
+class WallTdpConfig(MeterConfig):
+    """Options of ``walltdp``: the recipe item ``{name: walltdp, watts: 10}``."""
+
+    watts: float = Field(gt=0, description="Assumed constant power draw of the machine (W)")
+
+
+class WallTdpMeter(EnergyMeter):
+    """Estimate: wall-clock seconds × a configured power (``estimated:wall-tdp``).
+
+    Every option comes from :class:`WallTdpConfig`; the base constructor validates it
+    (``WallTdpMeter(watts=10)`` or ``WallTdpMeter(config)``) and keeps it as ``self.config``.
+    """
+
+    name = "walltdp"
+    description = "Estimate: wall-clock seconds × a configured power in watts (example plugin)."
+    measured = False  # an estimate: `auto` never picks it, and its label says estimated:
+    Config = WallTdpConfig
+    config: WallTdpConfig
+
+    _t0: float | None = None
+
+    def probe(self) -> Availability:
+        return Availability("ok", f"wall clock × {self.config.watts:g} W (estimate)")
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> EnergyReading:
+        if self._t0 is None:
+            raise RuntimeError("WallTdpMeter.stop() called before start()")
+        seconds = time.perf_counter() - self._t0
+        self._t0 = None
+        return EnergyReading(
+            meter=self.name,
+            seconds=seconds,
+            joules={"system:wall-tdp": seconds * self.config.watts},
+            methods={"system:wall-tdp": "estimated:wall-tdp"},
+            details={"watts": self.config.watts},
+        )
+
+
 @hookimpl
 def fq_register_compressors(register):  # type: ignore[no-untyped-def]
     register(MagnitudePrune)
@@ -79,3 +132,8 @@ def fq_register_compressors(register):  # type: ignore[no-untyped-def]
 @hookimpl
 def fq_register_fairness_metrics(register):  # type: ignore[no-untyped-def]
     register(WorstClassRecall)
+
+
+@hookimpl
+def fq_register_energy_meters(register):  # type: ignore[no-untyped-def]
+    register(WallTdpMeter)
