@@ -27,10 +27,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .._markers import hookimpl
 from ..engine.installers import install_input_transform
 from ..errors import ConfigError
-from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
 from ..targets import Target
 from .ops import ActivationQuant, QuantCodes, clamp_ste, levels, relu_ste, round_ste
@@ -235,8 +233,3 @@ class CoDeQCompressor(Compressor):
         # activation quantizers stay: they are part of the compressed model's function
         self.bake_transforms()
         return model
-
-
-@hookimpl
-def fq_register_compressors(register: RegisterFn) -> None:
-    register(CoDeQCompressor)

@@ -29,9 +29,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from .._markers import hookimpl
 from ..errors import ConfigError
-from ..hookspecs import RegisterFn
 from ..protocols import (
     AttachContext,
     CompressionStats,
@@ -397,8 +395,3 @@ def load_compact(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
         raw.copy_(flat[offset : offset + cnt].reshape(shape))
         offset += cnt
     return model
-
-
-@hookimpl
-def fq_register_compressors(register: RegisterFn) -> None:
-    register(MoMosCompressor)

@@ -15,10 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .._markers import hookimpl
 from ..accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ..errors import ConfigError
-from ..hookspecs import RegisterFn
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
 from ..targets import Target
 from .ops import QuantCodes, levels, symmetric_fake_quant, symmetric_quant_codes
@@ -133,8 +131,3 @@ class UniformCompressor(Compressor):
     def finalize(self, model: nn.Module) -> nn.Module:
         self.bake_transforms()
         return model
-
-
-@hookimpl
-def fq_register_compressors(register: RegisterFn) -> None:
-    register(UniformCompressor)

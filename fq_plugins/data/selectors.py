@@ -6,9 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._markers import hookimpl
 from ..errors import ConfigError
-from ..hookspecs import RegisterFn
 from ..protocols import DataSelector
 
 __all__ = ["RandomStratifiedSelector"]
@@ -56,8 +54,3 @@ class RandomStratifiedSelector(DataSelector):
             idx = torch.nonzero(cell == c).flatten()
             picked.append(idx[torch.randperm(idx.numel(), generator=gen)[:k]])
         return torch.sort(torch.cat(picked)).values if picked else torch.zeros(0, dtype=torch.long)
-
-
-@hookimpl
-def fq_register_data_selectors(register: RegisterFn) -> None:
-    register(RandomStratifiedSelector)

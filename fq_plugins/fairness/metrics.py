@@ -10,8 +10,6 @@ import math
 
 import torch
 
-from .._markers import hookimpl
-from ..hookspecs import RegisterFn
 from ..protocols import FairnessMetric, MetricResult
 from .table import GroupConfusion
 
@@ -75,10 +73,3 @@ class AccuracyGap(FairnessMetric):
             higher_is_better=False,
             details={"max_minus_min": float(present.max() - present.min())},
         )
-
-
-@hookimpl
-def fq_register_fairness_metrics(register: RegisterFn) -> None:
-    register(GroupAccuracy)
-    register(WorstGroupAccuracy)
-    register(AccuracyGap)

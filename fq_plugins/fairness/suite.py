@@ -34,8 +34,6 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from .._markers import hookimpl
-from ..hookspecs import RegisterFn
 from ..protocols import FairnessMetric, MetricResult
 from .metrics import GroupAccuracy
 from .rates import (
@@ -367,9 +365,3 @@ ALL_METRICS: tuple[type[FairnessMetric], ...] = (
     DeltaEOpp,
     DeltaEOdds,
 )
-
-
-@hookimpl
-def fq_register_fairness_metrics(register: RegisterFn) -> None:
-    for cls in ALL_METRICS:
-        register(cls)

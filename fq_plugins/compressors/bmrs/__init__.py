@@ -23,9 +23,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..._markers import hookimpl
 from ...errors import ConfigError
-from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
 from ...targets import Target
 from ..ops import module_weight
@@ -421,8 +419,3 @@ def _example_input(context: AttachContext | None) -> torch.Tensor:
         "bmrs traces one forward pass to find where gates go; pass "
         "AttachContext(example_input=x) (or calib_batches), or run it through `fq-plugins run`"
     )
-
-
-@hookimpl
-def fq_register_compressors(register: RegisterFn) -> None:
-    register(BMRSCompressor)

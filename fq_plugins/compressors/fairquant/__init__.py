@@ -24,10 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from ..._markers import hookimpl
 from ...accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ...errors import ConfigError
-from ...hookspecs import RegisterFn
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
 from ...targets import Target
 from ..uniform import SymmetricWeightQuant
@@ -404,8 +402,3 @@ class FairQuantCompressor(Compressor):
         self.bake_transforms()
         self.remove_state()
         return model
-
-
-@hookimpl
-def fq_register_compressors(register: RegisterFn) -> None:
-    register(FairQuantCompressor)
