@@ -247,8 +247,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         from .report import format_table
 
-        if args.quiet:
-            print(format_table(report.variants))
+        # the table is the result: stdout, after the progress lines on stderr
+        print(format_table(report.variants, metrics=recipe.fairness.metrics))
         print(f"report: {out}/report.json")
     return 0
 

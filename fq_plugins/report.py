@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .accounting import BITS_CONVENTION, ModelCost
@@ -167,8 +168,27 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def format_table(variants: list[EvaluationReport]) -> str:
-    """A fixed-width comparison table of the variants."""
+_IN_CORE_COLUMNS = ("group_accuracy", "worst_group_accuracy", "accuracy_gap")
+"""Recipe metrics the fixed columns already show (mean-grp, worst-grp, gap)."""
+
+
+def _metric_cell(v: EvaluationReport, name: str) -> str:
+    r = v.metrics.get(name)
+    if r is None or not math.isfinite(r.value):
+        return "–" if r is None else "undef"
+    return f"{r.value:.4f}"
+
+
+def format_table(variants: list[EvaluationReport], metrics: Sequence[str] | None = None) -> str:
+    """A fixed-width comparison table of the variants.
+
+    :param metrics: the recipe's ``fairness.metrics``; each one the fixed columns do not
+        already show gets a column of its headline value (default: every metric the
+        variants carry).
+    """
+    if metrics is None:
+        metrics = list(dict.fromkeys(m for v in variants for m in v.metrics))
+    extra_metrics = [m for m in metrics if m not in _IN_CORE_COLUMNS]
     header = [
         "method",
         "acc",
@@ -180,6 +200,7 @@ def format_table(variants: list[EvaluationReport]) -> str:
         "packed",
         "time s",
         "energy J",
+        *extra_metrics,
     ]
     with_carbon = any(v.carbon is not None for v in variants)
     if with_carbon:
@@ -213,6 +234,7 @@ def format_table(variants: list[EvaluationReport]) -> str:
                 _fmt_bytes(v.cost.packed_bytes),
                 f"{v.wall_seconds:.1f}",
                 f"{v.energy_joules:.0f}" if math.isfinite(v.energy_joules) else "missing",
+                *(_metric_cell(v, m) for m in extra_metrics),
                 *extra,
             ]
         )

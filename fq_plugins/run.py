@@ -37,7 +37,7 @@ from .models import build_model
 from .plots import plot_layer_bits
 from .protocols import AttachContext, EnergyReading, MethodConfig
 from .recipe import DataSpec, Recipe
-from .report import EvaluationReport, RunReport, format_table
+from .report import EvaluationReport, RunReport
 from .session import CompressionSession
 
 __all__ = [
@@ -298,8 +298,6 @@ def run(
         report.wall_seconds = time.perf_counter() - t_run
         report.write(out)
     pm.on_run_end(report, out)
-    log("")
-    log(format_table(report.variants))
     return report, out
 
 

@@ -48,8 +48,9 @@ def test_help_lists_every_command_and_option():
 def test_run_default_recipe_with_overrides(tmp_path):
     out = run_cli("run", *FAST, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "[train] epoch 1/1" in out.stderr  # progress
-    table = out.stderr
+    assert "[train] epoch 1/1" in out.stderr  # progress on stderr, the result on stdout
+    table = out.stdout
+    assert "method" not in out.stderr
     for col in (
         "method",
         "acc",

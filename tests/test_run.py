@@ -84,3 +84,26 @@ def test_npz_run_on_ham10000_subset(pm, tmp_path):
         32,
     ]
     assert len(report.variants) == 2
+
+
+def test_recipe_metrics_are_table_columns(tmp_path):
+    from fq_plugins.report import format_table
+
+    recipe = load_recipe(
+        {
+            "data": {"synthetic": {"n": 200, "image_size": 8}},
+            "model": {"kwargs": {"width": 4}},
+            "train": {"epochs": 1},
+            "finetune": {"epochs": 0},
+            "compress": [{"method": "uniform", "bits": 4}],
+            "fairness": {"metrics": ["worst_group_accuracy", "eodd", "dp_gap"]},
+        }
+    )
+    report, _ = run(recipe, output_dir=str(tmp_path / "r"), log=lambda s: None)
+    lines = format_table(report.variants, metrics=recipe.fairness.metrics).splitlines()
+    header = lines[0].split()
+    assert "eodd" in header and "dp_gap" in header and "worst_group_accuracy" not in header
+    for v, line in zip(report.variants, lines[2:], strict=False):
+        cells = line.split()
+        assert cells[0] == v.variant
+        assert f"{v.metrics['eodd'].value:.4f}" in cells and f"{v.metrics['dp_gap'].value:.4f}" in cells
