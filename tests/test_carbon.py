@@ -146,6 +146,22 @@ def test_recipe_country_reaches_codecarbon(fake_codecarbon, pm):
         resolve_meters(["codecarbon"], pm)
 
 
+def test_recipe_options_reach_codecarbon(fake_codecarbon, pm):
+    from fq_plugins.run import resolve_meters
+
+    item = {"name": "codecarbon", "measure_power_secs": 2, "country": "nor"}
+    recipe = load_recipe({"energy": {"meters": [item], "carbon": {"country": "DNK"}}})
+    (meter,) = resolve_meters(recipe.energy.meters, pm, options={"country": "DNK"})
+    meter.start()
+    meter.stop()
+    kwargs = fake_codecarbon[0].kwargs
+    assert kwargs["measure_power_secs"] == 2.0 and kwargs["country_iso_code"] == "NOR"
+    with pytest.raises(
+        ConfigError, match=r"energy.meters\[0\].measure_power_secs: .*greater than 0"
+    ):
+        load_recipe({"energy": {"meters": [{"name": "codecarbon", "measure_power_secs": 0}]}})
+
+
 # --- a whole run: carbon per variant, PePR, first-epoch prediction -------------------------
 
 
@@ -197,13 +213,11 @@ class TestCodecarbonContract(EnergyMeterContract):
     """The meter contract, with the fake codecarbon module standing in."""
 
     meter_cls = CodecarbonMeter
+    config = {"country": "NOR", "measure_power_secs": 5.0}
 
     @pytest.fixture(autouse=True)
     def _fake(self, fake_codecarbon):
         pass
-
-    def make_meter(self):
-        return CodecarbonMeter("NOR")
 
 
 def test_meter_failing_mid_run_loses_nothing_else(tmp_path, pm):

@@ -13,6 +13,13 @@ class TestCpuTimeContract(EnergyMeterContract):
     meter_cls = CpuTimeMeter
 
 
+class TestCpuTimeWithPowerContract(EnergyMeterContract):
+    """The same meter with the recipe option ``{name: cpu_time, watts_per_cpu: 5}``."""
+
+    meter_cls = CpuTimeMeter
+    config = {"watts_per_cpu": 5.0}
+
+
 def test_joules_equal_cpu_seconds_times_watts():
     m = CpuTimeMeter(watts_per_cpu=7.0)
     m.start()

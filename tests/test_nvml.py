@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -67,9 +68,10 @@ def _no_rank(monkeypatch):
 
 class TestNvmlContract(EnergyMeterContract):
     meter_cls = NvmlMeter
+    config = {"devices": [1]}
 
     def make_meter(self):
-        return NvmlMeter(nvml=FakeNvml())
+        return NvmlMeter(**self.config, nvml=FakeNvml())
 
 
 def test_reads_every_gpu_as_millijoule_deltas():
@@ -123,9 +125,20 @@ def test_unsupported_counter_and_no_driver():
     assert a.status == "missing" and "Driver Not Loaded" in a.reason
 
 
-def test_real_pynvml_without_driver_is_missing():
-    a = NvmlMeter().probe()  # nvidia-ml-py is installed, the library is not
-    assert a.status == "missing" and a.reason
+def test_real_pynvml():
+    """Without a driver (nvidia-ml-py installed, libnvidia-ml not) the probe says missing; on
+    a GPU host a real reading of every GPU is labelled measured:nvml."""
+    m = NvmlMeter()
+    a = m.probe()
+    if not a.ok:
+        assert a.status == "missing" and a.reason
+        return
+    m.start()
+    time.sleep(0.5)
+    r = m.stop()
+    assert r.joules and set(r.methods.values()) == {"measured:nvml"}
+    assert all(j >= 0 for j in r.joules.values())
+    assert all(uuid.startswith("GPU-") for uuid in r.details["devices"].values())
 
 
 def test_package_not_installed(monkeypatch):
@@ -141,3 +154,20 @@ def test_counter_going_backwards_fails_the_reading():
     fake.energy[0] = 0  # driver reloaded
     with pytest.raises(RuntimeError, match="went backwards"):
         m.stop()
+
+
+def test_recipe_devices_option_selects_the_gpus_read(monkeypatch, pm):
+    from fq_plugins.recipe import load_recipe
+    from fq_plugins.run import resolve_meters
+
+    fake = FakeNvml(energy_mj=(1_000, 50_000, 7_000), names=("H200",) * 3)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)  # what `import pynvml` returns
+    recipe = load_recipe({"energy": {"meters": [{"name": "nvml", "devices": [0, 2]}]}})
+    (meter,) = resolve_meters(recipe.energy.meters, pm, lambda s: None)
+    assert isinstance(meter, NvmlMeter) and meter.devices == [0, 2]
+    meter.start()
+    fake.energy = [e + 1_500 for e in fake.energy]
+    r = meter.stop()
+    assert r.joules == {"gpu:0": 1.5, "gpu:2": 1.5}  # GPU 1 is not read
+    with pytest.raises(ConfigError, match=r"energy.meters\[0\].devices: .*NVML indices"):
+        load_recipe({"energy": {"meters": [{"name": "nvml", "devices": []}]}})

@@ -79,6 +79,7 @@ def deny(monkeypatch):
 
 class TestRaplContract(EnergyMeterContract):
     meter_cls = RaplMeter
+    config = {"poll_seconds": 0.05}
 
     @pytest.fixture(autouse=True)
     def _tree(self, tree, monkeypatch):

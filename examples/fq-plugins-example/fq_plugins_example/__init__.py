@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from fq_plugins import hookimpl
 from fq_plugins.fairness.table import GroupConfusion
+from fq_plugins.hookspecs import RegisterFn
 from fq_plugins.protocols import (
     Availability,
     Compressor,
@@ -135,5 +136,5 @@ def fq_register_fairness_metrics(register):  # type: ignore[no-untyped-def]
 
 
 @hookimpl
-def fq_register_energy_meters(register):  # type: ignore[no-untyped-def]
+def fq_register_energy_meters(register: RegisterFn) -> None:
     register(WallTdpMeter)
