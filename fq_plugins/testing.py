@@ -41,7 +41,7 @@ from .protocols import (
     MeterConfig,
     MetricResult,
 )
-from .targets import select_targets
+from .targets import WEIGHT_LAYER_TYPES, select_targets
 
 __all__ = [
     "CompressorContract",
@@ -303,7 +303,7 @@ class CompressorContract:
             return
         for name, mod in model.named_modules():
             w = getattr(mod, "weight", None)
-            if not isinstance(mod, (nn.Conv2d, nn.Linear)) or not isinstance(w, torch.Tensor):
+            if not isinstance(mod, WEIGHT_LAYER_TYPES) or not isinstance(w, torch.Tensor):
                 continue
             rows = w.detach().reshape(w.shape[0], -1)
             repeated = sum(
