@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["FINALIZE_TOLERANCE", "CompressionPipeline", "Probe", "plan_stages"]
 
 Probe = Callable[[nn.Module], torch.Tensor]
-"""Outputs of a model on fixed inputs (eval mode), compared before and after finalize."""
+"""Outputs of a model on fixed inputs, compared before and after finalize (the pipeline
+calls it in eval mode under ``no_grad``)."""
 
 FINALIZE_TOLERANCE = 1e-4
 """Largest |finalized − fake-quantized| output difference hosts accept without a warning."""
@@ -73,6 +74,17 @@ def plan_stages(
             stages[-1].append(i)
             seen_plain = True
     return stages
+
+
+@torch.no_grad()
+def _run_probe(probe: Probe, model: nn.Module) -> torch.Tensor:
+    """``probe(model)`` in eval mode (no BatchNorm update, no gate sampling), mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return probe(model).detach()
+    finally:
+        model.train(was_training)
 
 
 def _max_abs_diff(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -158,11 +170,11 @@ class CompressionPipeline:
         self, model: nn.Module, probe: Probe | None, before: torch.Tensor | None = None
     ) -> tuple[nn.Module, float | None]:
         if before is None and probe is not None:
-            before = probe(model)
+            before = _run_probe(probe, model)
         final = self.session.finalize(model)
         if probe is None or before is None:
             return final, None
-        return final, _max_abs_diff(before, probe(final))
+        return final, _max_abs_diff(before, _run_probe(probe, final))
 
     def next_stage(self, model: nn.Module, probe: Probe | None = None) -> nn.Module:
         """Finalize the current (structural) stage, checked, and attach the next one to the
