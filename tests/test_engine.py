@@ -306,3 +306,26 @@ def test_targets_select_parameter_pairs_not_only_weights():
     session.attach(model)
     (t,) = session.methods[0].transforms
     assert (t.name, t.param) == ("0", "bias")  # the bias-free layer is skipped
+
+
+def test_the_readme_own_loop_example_runs(tmp_path, monkeypatch):
+    """README's "In your own training loop" code, run as written on a small model."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## In your own training loop", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    torch.manual_seed(0)
+    scope: dict[str, Any] = {
+        "model": nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4)),
+        "batches": [
+            (torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,)), torch.arange(16) % 2)
+            for _ in range(3)
+        ],
+    }
+    scope["x_check"] = scope["batches"][0][0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["pipe"].max_diff == 0.0
+    assert (tmp_path / "model.fqz").exists()
