@@ -14,7 +14,6 @@ import datetime as _dt
 import functools
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 import yaml
 from torch import nn
 
+from ._log import Log, stderr_log
 from .data.base import GroupDataset, iterate_batches, stratified_split
 from .data.npz import load_npz
 from .data.synthetic import make_synthetic
@@ -50,11 +50,6 @@ __all__ = [
     "train_model",
 ]
 
-Log = Callable[[str], None]
-
-
-def _stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --- data ----------------------------------------------------------------------------
@@ -106,7 +101,7 @@ def train_model(
     regularizer: RegularizerSpec | None = None,
     pm: FQPluginManager | None = None,
     phase: str = "train",
-    log: Log = _stderr_log,
+    log: Log = stderr_log,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> None:
     """:func:`fq_plugins.engine.fit` with the objective CE + λ·regularizer + penalties."""
@@ -171,7 +166,7 @@ def run(
     *,
     plugin_manager: FQPluginManager | None = None,
     output_dir: str | None = None,
-    log: Log = _stderr_log,
+    log: Log = stderr_log,
 ) -> tuple[RunReport, str]:
     """Run the whole job; returns the report and the folder it was written to.
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from .._log import Log, stderr_log
 from ..errors import ConfigError
 from ..protocols import EnergyMeter, EnergyReading, MeterConfig
 
@@ -31,11 +31,6 @@ __all__ = [
     "resolve_meters",
 ]
 
-Log = Callable[[str], None]
-
-
-def _stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _construct(cls: type[Any], options: dict[str, Any] | None) -> Any:
@@ -80,7 +75,7 @@ def build_meter(
 def resolve_meters(
     names: Sequence[str | MeterConfig],
     pm: FQPluginManager,
-    log: Log = _stderr_log,
+    log: Log = stderr_log,
     options: dict[str, Any] | None = None,
 ) -> list[EnergyMeter]:
     """Instantiate meters; ``auto`` = first *measured* meter whose probe is ok, else ``cpu_time``.
@@ -139,7 +134,7 @@ class EnergyTracker:
     """
 
     def __init__(
-        self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log = _stderr_log
+        self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log = stderr_log
     ) -> None:
         self.meters, self.pm, self.log = meters, pm, log
         self._laps: dict[int, list[EnergyReading]] | None = None

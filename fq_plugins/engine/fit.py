@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._log import Log, stderr_log
 from .batches import unpack_batch
 from .objective import Objective
 
@@ -25,11 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["fit"]
 
-Log = Callable[[str], None]
-
-
-def _stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def fit(
@@ -48,7 +44,7 @@ def fit(
     group_key: str = "group",
     pm: FQPluginManager | None = None,
     phase: str = "train",
-    log: Log = _stderr_log,
+    log: Log = stderr_log,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> torch.optim.Optimizer:
     """Train ``model`` for ``epochs``; returns the optimizer (its state, for checkpoints).
