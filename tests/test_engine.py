@@ -329,3 +329,10 @@ def test_the_readme_own_loop_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["pipe"].max_diff == 0.0
     assert (tmp_path / "model.fqz").exists()
+
+
+def test_fit_refuses_a_one_shot_iterator_for_several_epochs():
+    model = nn.Linear(2, 2)
+    batches = iter([(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))])
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        fit(model, batches, epochs=2, lr=1e-2, log=lambda s: None)

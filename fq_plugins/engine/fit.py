@@ -83,6 +83,12 @@ def fit(
         batches = data
     else:
         source = data
+        if epochs > 1 and iter(source) is source:
+            raise TypeError(
+                f"fit(epochs={epochs}) got a one-shot iterator ({type(source).__name__}), which the "
+                "first epoch would use up; pass a list, a DataLoader or a callable returning "
+                "a fresh iterator"
+            )
 
         def batches() -> Iterable[Any]:
             return source
