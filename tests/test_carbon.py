@@ -205,7 +205,9 @@ def test_run_reports_carbon_pepr_and_prediction(tmp_path, pm):
         assert p == pytest.approx(accs[name] / (1 + rn))
     assert set(data["pepr"]["accuracy"]) == {"energy", "time", "memory", "co2"}
     assert "worst_group_accuracy" in data["pepr"]
-    table = logs[-1]
+    from fq_plugins.report import format_table  # the table `fq-plugins run` prints
+
+    table = format_table(report.variants, metrics=spec["fairness"]["metrics"])
     assert "CO2 g" in table and "PePR-E" in table and "country:DNK" in table
 
 
@@ -262,4 +264,6 @@ def test_meter_failing_mid_run_loses_nothing_else(tmp_path, pm):
     assert q4["energy_joules"] > 0 and q4["carbon"]["grams"] > 0
     assert data["pepr"]["accuracy"]["energy"]["fp32"] is None
     assert any("meter 'flaky' failed during eval:fp32: counter vanished" in s for s in logs)
-    assert "missing" in logs[-1]  # the printed table
+    from fq_plugins.report import format_table  # the table `fq-plugins run` prints
+
+    assert "missing" in format_table(report.variants)
