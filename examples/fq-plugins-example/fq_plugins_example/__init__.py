@@ -8,7 +8,6 @@ import time
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn.utils import parametrize
 
 from fq_plugins import hookimpl
 from fq_plugins.fairness.table import GroupConfusion
@@ -49,20 +48,20 @@ class MagnitudePrune(Compressor):
     config: MagnitudePruneConfig
 
     def attach(self, model, targets, context=None):  # type: ignore[no-untyped-def]
-        for name, mod in targets:
-            w = mod.weight.detach()
+        for t in targets:  # t.name, t.module, t.param ("weight" unless the recipe says)
+            w = self.original(t.module, t.param).detach()
             k = int(self.config.sparsity * w.numel())
             mask = torch.ones_like(w)
             if k > 0:
                 thresh = w.abs().flatten().kthvalue(k).values
                 mask = (w.abs() > thresh).to(w.dtype)
-            parametrize.register_parametrization(mod, "weight", _Mask(mask))
-            self.attached.append((name, mod))
+            # through the host's installer: parametrize here, an NNCF hook or a torchao
+            # handler under the adapters; the mask is a buffer, so checkpoints carry it
+            self.install_transform(t.name, t.module, _Mask(mask), t.param)
+            self.attached.append((t.name, t.module))
 
     def finalize(self, model):  # type: ignore[no-untyped-def]
-        for _, mod in self.attached:
-            if parametrize.is_parametrized(mod, "weight"):
-                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+        self.bake_transforms()
         return model
 
 
