@@ -336,3 +336,38 @@ def test_fit_refuses_a_one_shot_iterator_for_several_epochs():
     batches = iter([(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))])
     with pytest.raises(TypeError, match="one-shot iterator"):
         fit(model, batches, epochs=2, lr=1e-2, log=lambda s: None)
+
+
+class _VolatileMask(nn.Module):
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask, persistent=False)  # the mistake: not in state_dict
+
+    def forward(self, w):
+        return w * self.mask
+
+
+class VolatileMaskPrune(Compressor):
+    """Magnitude pruning whose mask (from the weights at attach) is a non-persistent buffer."""
+
+    name = "volatile_prune"
+    description = "Prunes with a mask a checkpoint does not carry."
+
+    def attach(self, model, targets, context=None):
+        for t in targets:
+            w = self.original(t.module, t.param).detach()
+            mask = (w.abs() > w.abs().median()).float()
+            self.install_transform(t.name, t.module, _VolatileMask(mask), t.param)
+            self.attached.append((t.name, t.module))
+
+    def finalize(self, model):
+        self.bake_transforms()
+        return model
+
+
+class TestVolatileMaskFails(CompressorContract):
+    compressor_cls = VolatileMaskPrune
+
+    def test_resume_from_checkpoint_is_identical(self) -> None:
+        with pytest.raises(AssertionError):
+            super().test_resume_from_checkpoint_is_identical()
