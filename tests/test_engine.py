@@ -4,6 +4,8 @@ no special case anywhere in the package."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
