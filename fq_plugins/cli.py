@@ -58,7 +58,14 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     r.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml or .json); default: embedded")
-    r.add_argument("-o", "--output", metavar="DIR", help="write into exactly this folder (created)")
+    r.add_argument(
+        "-o", "--output", metavar="DIR", help="write into exactly this folder (new or empty)"
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with -o: replace the files of a previous run in that folder",
+    )
     r.add_argument("--seed", type=int, help="override recipe seed")
     r.add_argument("--epochs", type=int, help="override train.epochs")
     r.add_argument("--finetune-epochs", type=int, help="override finetune.epochs")
@@ -232,9 +239,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .run import make_output_dir
 
+    if args.output:
+        from .run_folder import prepare_folder
+
+        prepare_folder(args.output, overwrite=args.overwrite)  # before any training
     out = args.output or make_output_dir(recipe.output.dir, recipe.name)
+    _signals_interrupt()
     try:
-        report, out = run(recipe, plugin_manager=pm, output_dir=out, log=log)
+        report, out = run(
+            recipe, plugin_manager=pm, output_dir=out, log=log, overwrite=args.overwrite
+        )
+    except KeyboardInterrupt:
+        partial = os.path.join(out, "report.json")
+        if os.path.exists(partial):
+            print(f"fq-plugins: partial report (status 'interrupted'): {partial}", file=sys.stderr)
+        raise
     except FQError as exc:
         partial = os.path.join(out, "report.json")
         if os.path.exists(partial):
@@ -251,6 +270,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(format_table(report.variants, metrics=recipe.fairness.metrics))
         print(f"report: {out}/report.json")
     return 0
+
+
+def _signals_interrupt() -> None:
+    """SIGTERM and SIGHUP stop a run like Ctrl-C: the report says "interrupted", every
+    finished variant stays on disk."""
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, handler)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

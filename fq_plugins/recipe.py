@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, get_args, get_origin
@@ -341,6 +342,8 @@ class CompressionRecipe(_Strict):
         return _validate_methods(v, info, "compress")
 
 
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
+
 RUN_ONLY_KEYS = ("name", "seed", "data", "model", "train", "compare", "finetune", "output")
 """Recipe sections only ``fq-plugins run`` reads (its data, model and training loop)."""
 
@@ -365,8 +368,12 @@ class Recipe(CompressionRecipe):
             return v
         out = {}
         for name, methods in v.items():
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"variant names must be non-empty strings; got {name!r}")
+            if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name) or name in (".", ".."):
+                raise ConfigError(
+                    f"variant name {name!r} is not allowed: it names files in the run folder, so "
+                    "use 1–100 letters, digits and _ . + - (no '/', no spaces), e.g. 'uniform-4'",
+                    key=f"compare.{name}" if isinstance(name, str) and name else "compare",
+                )
             out[name] = _validate_methods(methods, info, f"compare.{name}")
         return out
 

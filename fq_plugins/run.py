@@ -38,6 +38,7 @@ from .plots import plot_layer_bits
 from .protocols import AttachContext, EnergyReading, MethodConfig
 from .recipe import DataSpec, Recipe
 from .report import EvaluationReport, RunReport
+from .run_folder import file_in, locked, prepare_folder
 from .session import CompressionSession
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "run",
     "train_model",
 ]
-
 
 
 # --- data ----------------------------------------------------------------------------
@@ -150,6 +150,14 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def _write_text(path: str, text: str) -> None:
+    """Write ``path`` atomically (a crash mid-write never leaves half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def make_output_dir(parent: str, name: str) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join(parent, f"{stamp}-{name}")
@@ -167,11 +175,14 @@ def run(
     plugin_manager: FQPluginManager | None = None,
     output_dir: str | None = None,
     log: Log = stderr_log,
+    overwrite: bool = False,
 ) -> tuple[RunReport, str]:
     """Run the whole job; returns the report and the folder it was written to.
 
-    On an error after the output folder exists, the partial report (status ``failed``) is
-    written before the exception propagates.
+    ``output_dir`` must be new or empty (``overwrite=True`` replaces a previous run's files
+    there); a second run into a folder in use fails. On an error after the output folder
+    exists, the partial report (status ``failed``, or ``interrupted`` for Ctrl-C / SIGTERM)
+    is written before the exception propagates.
     """
     pm = plugin_manager or get_plugin_manager()
     t_run = time.perf_counter()
@@ -185,9 +196,27 @@ def run(
         recipe.energy.meters, pm, log, {"country": carbon.country if carbon else None}
     )
     out = output_dir or make_output_dir(recipe.output.dir, recipe.name)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "recipe.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(recipe.model_dump(mode="json"), f, sort_keys=False)
+    prepare_folder(out, overwrite=overwrite)
+    with locked(out):
+        return _run_in(recipe, pm, out, train, test, variants, carbon, meters, log, t_run)
+
+
+def _run_in(
+    recipe: Recipe,
+    pm: FQPluginManager,
+    out: str,
+    train: GroupDataset,
+    test: GroupDataset,
+    variants: dict[str, list[MethodConfig]],
+    carbon: CarbonModel | None,
+    meters: list[Any],
+    log: Log,
+    t_run: float,
+) -> tuple[RunReport, str]:
+    _write_text(
+        os.path.join(out, "recipe.yaml"),
+        yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False),
+    )
     dataset_info = {
         "name": train.name,
         "n_train": len(train),
@@ -256,7 +285,8 @@ def run(
             prediction=predictions.finish("train", e_train),
         )
         fp32_path = os.path.join(out, "fp32.pt")
-        torch.save(model.state_dict(), fp32_path)
+        torch.save(model.state_dict(), fp32_path + ".tmp")
+        os.replace(fp32_path + ".tmp", fp32_path)
         fp32.checkpoint = {"path": fp32_path, "file_bytes": os.path.getsize(fp32_path)}
         report.variants.append(fp32)
         pm.on_evaluation(fp32)
@@ -279,14 +309,14 @@ def run(
             )
             report.variants.append(rep)
             if any(lc.quantized for lc in rep.cost.layers):
-                png = plot_layer_bits(rep.cost, os.path.join(out, f"bits-{vname}.png"), vname)
+                png = plot_layer_bits(rep.cost, file_in(out, f"bits-{vname}", ".png"), vname)
                 if png is None:
                     log("note: per-layer bit plots need matplotlib: pip install 'fq-plugins[plot]'")
             pm.on_evaluation(rep)
             report.write(out)
         report.status = "ok"
     except BaseException as exc:
-        report.status = "failed"
+        report.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         report.error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
@@ -373,7 +403,7 @@ def _run_variant(
         log(f"[{vname}] stage {label[1:]}/{len(pipe.stages)} finalized ({names})")
 
     _, fake_logits = evaluate(model, test)
-    compact = pipe.export_compact(os.path.join(out, vname)) if out is not None else {}
+    compact = pipe.export_compact(file_in(out, vname)) if out is not None else {}
 
     def finalize_and_eval() -> nn.Module:
         return pipe.finalize(model, probe, reference=fake_logits)
@@ -402,7 +432,7 @@ def _run_variant(
     for line in pipe.summaries():
         log(f"[{vname}] {line}")
     if out is not None:
-        saved = pipe.save(final, os.path.join(out, f"{vname}.fqz"))
+        saved = pipe.save(final, file_in(out, vname, ".fqz"))
         rep.checkpoint = {**dataclasses.asdict(saved), "compact_exports": compact}
         if saved.float_layers:
             log(

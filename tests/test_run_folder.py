@@ -1,0 +1,125 @@
+"""The run folder: names stay inside it, it is never overwritten unless asked, one writer,
+and SIGTERM leaves a report that says "interrupted" with every finished variant loadable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fq_plugins.errors import ConfigError, FQError
+from fq_plugins.recipe import load_recipe
+from fq_plugins.run import run
+from fq_plugins.run_folder import LOCK_NAME, file_in, locked, prepare_folder
+
+from .conftest import TINY
+
+
+@pytest.mark.parametrize("name", ["../../../x/important", "/abs/path", "a/b", "..", "", "x" * 101, "a b"])
+def test_variant_names_that_are_not_file_names_are_refused(name):
+    with pytest.raises(ConfigError, match="variant name .* is not allowed"):
+        load_recipe({**TINY, "compare": {name: [{"method": "uniform", "bits": 2}]}})
+
+
+def test_file_in_stays_inside_the_folder(tmp_path):
+    for name in ("uniform+codeq", "../../etc/passwd", "a/../../b", "..."):
+        p = Path(file_in(str(tmp_path), name, ".fqz"))
+        assert p.parent == tmp_path and p.name.endswith(".fqz")
+
+
+def test_a_folder_with_files_is_never_overwritten_unless_asked(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    recipe = load_recipe(TINY)
+    with pytest.raises(FQError, match="already holds 1 file.*--overwrite"):
+        run(recipe, output_dir=str(out), log=lambda s: None)
+    with pytest.raises(FQError, match="not a run folder"):
+        run(recipe, output_dir=str(out), log=lambda s: None, overwrite=True)
+    assert (out / "thesis.tex").read_text() == "precious"
+    assert sorted(os.listdir(out)) == ["thesis.tex"]
+
+
+def test_overwrite_replaces_a_previous_runs_files_only(tmp_path):
+    out = tmp_path / "run"
+    recipe = load_recipe({**TINY, "compare": {"old-variant": [{"method": "uniform", "bits": 2}]}})
+    run(recipe, output_dir=str(out), log=lambda s: None)
+    assert (out / "old-variant.fqz").exists()
+    (out / "notes.txt").write_text("mine")
+    run(load_recipe(TINY), output_dir=str(out), log=lambda s: None, overwrite=True)
+    assert not (out / "old-variant.fqz").exists()  # no old .fqz mixed with the new run
+    assert (out / "notes.txt").read_text() == "mine"
+    report = json.loads((out / "report.json").read_text())
+    assert [v["variant"] for v in report["variants"]] == ["fp32", "uniform-4"]
+
+
+def test_a_second_writer_gets_in_use(tmp_path):
+    folder = str(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(str(sleeper.pid))
+        with pytest.raises(FQError, match=f"in use by another run \\(process {sleeper.pid}\\)"):
+            with locked(folder):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the lock of a process that is gone is taken over, and released afterwards
+    with locked(folder):
+        assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_output_under_a_file_is_a_clear_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(FQError, match="is a file"):
+        prepare_folder(str(f))
+    with pytest.raises(FQError, match="cannot create output folder"):
+        prepare_folder(str(f / "sub"))
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_leaves_an_interrupted_report_and_loadable_variants(tmp_path):
+    from fq_plugins.models import build_model
+    from fq_plugins.storage import load_compressed
+
+    recipe = {
+        **TINY,
+        "data": {"source": "synthetic", "synthetic": {"n": 1200, "n_classes": 4, "image_size": 8}},
+        "finetune": {"epochs": 3},
+        "compare": {f"u{b}": [{"method": "uniform", "bits": b}] for b in (8, 6, 5, 3, 2)},
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fq_plugins", "run", str(path), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    report = out / "report.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if report.exists() and len(json.loads(report.read_text())["variants"]) >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    data = json.loads(report.read_text())
+    assert data["status"] == "interrupted" and "SIGTERM" in data["error"]
+    assert not (out / LOCK_NAME).exists()
+    done = [v for v in data["variants"] if v["variant"] != "fp32"]
+    assert done, "the run was stopped before a compressed variant finished"
+    for v in done:
+        model = build_model("small_cnn", in_channels=3, image_size=8, n_classes=4, width=4)
+        load_compressed(v["checkpoint"]["path"], model)
