@@ -1,0 +1,817 @@
+"""Hugging Face ``Trainer`` host: :class:`FQCallback` (installer: parametrize; driver: Trainer).
+
+A thin host over :mod:`fq_plugins.engine`: the loss is :class:`~fq_plugins.engine.Objective`,
+the stages and the checked finalize are :class:`~fq_plugins.engine.CompressionPipeline`,
+the metrics are :class:`~fq_plugins.fairness.table.GroupConfusion` →
+:func:`~fq_plugins.engine.build_report`. This module only decides *when* Trainer calls them::
+
+    fq = FQCallback.from_recipe("recipe.yaml")
+    args = TrainingArguments(..., label_names=["labels", "group"])
+    trainer = fq.trainer(Trainer, model=model, args=args, train_dataset=ds, eval_dataset=ev)
+    trainer.train(); trainer.evaluate()
+
+How each Trainer fact is met (measured on transformers 5.24):
+
+* **attach** in ``on_init_end`` — the model is on its device, no optimizer or DDP wrapper
+  exists yet; new parameters are moved to that device.
+* **loss** — Trainer's callbacks and ``compute_loss_func`` never see the batch, and a
+  column survives ``remove_unused_columns`` only through ``label_names``, after which it is
+  also passed to ``model(**inputs)``. So the callback puts a forward pre-hook (with kwargs)
+  on the model that pops the group ids, the labels and ``num_items_in_batch``, and a forward
+  hook that replaces ``outputs.loss`` by ``Objective(logits, labels, groups).total``. This
+  works with the stock Trainer, under DDP, and with a model whose ``forward`` has no
+  ``**kwargs``. When Trainer passed ``num_items_in_batch`` (models accepting loss kwargs)
+  the loss is scaled by ``batch / num_items_in_batch``, the normalisation Trainer expects
+  from such models under gradient accumulation.
+* **optimizer** — Trainer puts every parameter whose name lacks bias/norm into weight decay
+  with one learning rate. :meth:`FQCallback.trainer` builds a subclass of the given Trainer
+  class whose ``create_optimizer`` uses ``session.param_groups`` (the methods' own lr and
+  weight decay; the rest split the Trainer way). With the callback alone, ``on_train_begin``
+  checks the optimizer and raises :class:`~fq_plugins.errors.ConfigError` when a method's
+  parameter sits in a group with the wrong lr or weight decay (the fix: ``fq.trainer(...)``).
+* **checkpoints** — all method state is in ``model.state_dict()``; Trainer saves with
+  safetensors only, which cannot hold :class:`~fq_plugins.protocols.MethodState`'s dict
+  extra state, so after attach each MethodState encodes its record as a uint8 JSON tensor.
+  ``resume_from_checkpoint`` then restores every method exactly.
+* **metrics** — :meth:`FQCallback.compute_metrics` reads ``label_ids = (labels, group)``
+  (``label_names`` order) and returns the report's figures: accuracy, per-group accuracy,
+  the recipe's fairness metrics, bits / sparsity / packed size / BOPs (``session.cost``)
+  and the training energy, each named ``..._measured`` or ``..._estimated``.
+
+Private transformers pieces used: none beyond documented ``Trainer`` methods
+(``create_optimizer``, ``get_decay_parameter_names``, ``get_optimizer_cls_and_kwargs``,
+``log``); the version range below is the one tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from torch import nn
+
+from .._log import Log, stderr_log
+from ..errors import ConfigError, FQError, MissingDependencyError
+from ..protocols import AttachContext, EnergyReading, MethodState
+
+try:
+    import transformers
+    from transformers import TrainerCallback
+except ImportError as exc:  # pragma: no cover - exercised by a test with the import blocked
+    raise MissingDependencyError(
+        "transformers", "hf", "fq_plugins.adapters.hf (the Hugging Face Trainer adapter)"
+    ) from exc
+
+if TYPE_CHECKING:
+    from ..accounting import ModelCost
+    from ..engine import CompressionPipeline, Objective
+    from ..manager import FQPluginManager
+    from ..protocols import EnergyMeter
+    from ..recipe import CompressionRecipe
+    from ..report import EvaluationReport
+
+__all__ = ["SUPPORTED_TRANSFORMERS", "FQCallback", "FQTrainerMixin", "check_transformers_version"]
+
+SUPPORTED_TRANSFORMERS = ((5, 0), (6, 0))
+"""Tested range of transformers versions: ``>= 5.0, < 6``."""
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Raise :class:`~fq_plugins.errors.FQError` if transformers is outside the tested range."""
+    v = version if version is not None else transformers.__version__
+    try:
+        major, minor = (int(p) for p in v.split(".")[:2])
+    except ValueError:
+        return  # a dev build with an odd version string: let it run
+    lo, hi = SUPPORTED_TRANSFORMERS
+    if not lo <= (major, minor) < hi:
+        raise FQError(
+            f"fq_plugins.adapters.hf supports transformers >= {lo[0]}.{lo[1]}, < {hi[0]}; "
+            f"found {v}. Install a supported version: pip install 'transformers>=5.0,<6'"
+        )
+
+
+check_transformers_version()
+
+
+# --- safetensors-safe method state ------------------------------------------------------
+
+
+class _TensorRecordState(MethodState):
+    """A :class:`MethodState` whose JSON record travels as a uint8 tensor (safetensors holds
+    tensors only; Trainer saves every checkpoint with safetensors)."""
+
+    def get_extra_state(self) -> Any:
+        data = json.dumps(self.record, sort_keys=True).encode("utf-8")
+        return torch.tensor(list(data), dtype=torch.uint8)
+
+    def set_extra_state(self, state: Any) -> None:
+        if isinstance(state, torch.Tensor):
+            state = json.loads(bytes(state.to(torch.uint8).tolist()).decode("utf-8"))
+        super().set_extra_state(state)
+
+
+def _encode_method_states(model: nn.Module) -> None:
+    for m in model.modules():
+        if type(m) is MethodState:
+            m.__class__ = _TensorRecordState
+
+
+def _check_tensor_state(model: nn.Module) -> None:
+    bad = [k for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConfigError(
+            f"the compressed model's state_dict has non-tensor entries {bad[:5]}, which Trainer's "
+            "safetensors checkpoints cannot hold (the methods' state would be lost on resume); "
+            "make the method keep its state in buffers or a MethodState"
+        )
+
+
+# --- the model's logits as a plain tensor (what methods and probes call) -----------------
+
+
+def _logits_of(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return out
+
+
+class _LogitsOnly:
+    """While active, ``model(x)`` returns the logits tensor: methods that trace or calibrate
+    (BMRS, FairQuant's importance) and the finalize probe call ``model(x)`` positionally and
+    expect a tensor, while HF models return a ``ModelOutput``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.handle: Any = None
+
+    def __enter__(self) -> nn.Module:
+        self.handle = self.model.register_forward_hook(_logits_hook)
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+def _logits_hook(_module: nn.Module, _args: Any, out: Any) -> Any:
+    return _logits_of(out)
+
+
+def _strip_logits_hooks(model: nn.Module) -> None:
+    """Remove :class:`_LogitsOnly` hooks a deep copy made inside the context carried along."""
+    hooks = model._forward_hooks
+    for hid in [k for k, fn in hooks.items() if fn is _logits_hook]:
+        del hooks[hid]
+
+
+class _SharedHook:
+    """A hook calling back into the callback; a deepcopy of the model (BMRS's finalize, a
+    user's copy) shares the callback rather than copying it (and its plugin manager)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedHook:
+        return self
+
+
+# --- energy of the training phase ---------------------------------------------------------
+
+
+class _PhaseEnergy:
+    """Meters running from ``on_train_begin`` to ``on_train_end``; ``snapshot()`` gives the
+    energy so far (a lap) without stopping the phase.
+
+    Trainer drives the loop, so :meth:`EnergyTracker.measure` (which wraps a callable) cannot
+    be used; this keeps its conventions: laps merged by :func:`merge_readings`, a failing
+    meter marked missing, readings combined over DDP ranks.
+    """
+
+    def __init__(self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log) -> None:
+        self.meters, self.pm, self.log = meters, pm, log
+        self.parts: dict[int, list[EnergyReading]] = {}
+        self.failed: dict[int, str] = {}
+        self.running = False
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.parts = {id(m): [] for m in self.meters}
+        self.failed = {}
+        for m in self.meters:
+            try:
+                m.start()
+            except Exception as exc:
+                self.failed[id(m)] = f"failed to start: {exc}"
+        self.t0 = time.perf_counter()
+        self.running = True
+
+    def _lap(self, restart: bool) -> None:
+        for m in self.meters:
+            if id(m) in self.failed:
+                continue
+            try:
+                reading = m.stop()
+            except Exception as exc:
+                self.failed[id(m)] = f"{type(exc).__name__}: {exc}"
+                continue
+            self.parts[id(m)].append(reading)
+            if restart:
+                try:
+                    m.start()
+                except Exception as exc:
+                    self.failed[id(m)] = f"failed to restart: {exc}"
+
+    def readings(self, phase: str) -> dict[str, EnergyReading]:
+        from ..energy.tracker import _reduce_across_ranks, merge_readings
+
+        seconds = time.perf_counter() - self.t0
+        out = {}
+        for m in self.meters:
+            r = merge_readings(m.name, self.parts.get(id(m), []), self.failed.get(id(m)), seconds)
+            out[f"{phase}:{m.name}"] = _reduce_across_ranks(r)
+        return out
+
+    def snapshot(self, phase: str) -> dict[str, EnergyReading]:
+        if self.running:
+            self._lap(restart=True)
+        return self.readings(phase)
+
+    def stop(self, phase: str) -> dict[str, EnergyReading]:
+        if self.running:
+            self._lap(restart=False)
+            self.running = False
+        readings = self.readings(phase)
+        for r in readings.values():
+            self.pm.on_energy_reading(phase, r)
+        return readings
+
+
+# --- the callback -------------------------------------------------------------------------
+
+
+class FQCallback(TrainerCallback):
+    """Compression + fairness + energy for a Hugging Face ``Trainer``, from one recipe.
+
+    :param recipe: a path, a dict or a :class:`~fq_plugins.recipe.CompressionRecipe`
+        (host-neutral keys: ``compress``, ``fairness``, ``energy``).
+    :param finalize_at_end: at ``on_train_end``, bake the methods in with the pipeline's
+        checked finalize (the model becomes a plain model: real low-bit weights, removed
+        channels); :attr:`final_model` and :attr:`finalize_max_abs_diff` are set.
+    :param calib_dataset: examples for the methods that calibrate at attach (FairQuant's
+        importance) or trace one forward pass (BMRS); :meth:`trainer` passes the
+        ``train_dataset`` when this is not given.
+    :param n_groups: number of groups (default: the largest group id seen, plus one).
+    :param label_key: the labels' key in a batch (Trainer's default ``labels``).
+    :param input_key: the model input's key in a calibration batch (default: the model's
+        ``main_input_name``: ``input_ids``, ``pixel_values``; else the batch's only other key).
+    :param variant: the report's variant name.
+    """
+
+    def __init__(
+        self,
+        recipe: str | os.PathLike[str] | dict[str, Any] | CompressionRecipe,
+        *,
+        finalize_at_end: bool = False,
+        calib_dataset: Any = None,
+        data_collator: Callable[[list[Any]], Any] | None = None,
+        n_groups: int | None = None,
+        label_key: str = "labels",
+        input_key: str | None = None,
+        variant: str = "hf",
+        plugin_manager: FQPluginManager | None = None,
+        log: Log = stderr_log,
+    ) -> None:
+        from ..manager import get_plugin_manager
+        from ..recipe import load_compression_recipe
+
+        self.pm = plugin_manager or get_plugin_manager()
+        self.recipe = load_compression_recipe(recipe, plugin_manager=self.pm)
+        if not self.recipe.compress:
+            raise ConfigError(
+                "the recipe has no methods to apply; add at least one item, e.g. "
+                "compress: [{method: uniform, bits: 4}]",
+                key="compress",
+            )
+        self.finalize_at_end = bool(finalize_at_end)
+        self.calib_dataset = calib_dataset
+        self.data_collator = data_collator
+        self.n_groups = n_groups
+        self.label_key = label_key
+        self.input_key = input_key
+        self.variant = variant
+        self.log = log
+        self.group_key = self.recipe.fairness.group_key
+        self.pipeline: CompressionPipeline | None = None
+        self.objective: Objective | None = None
+        self.model: nn.Module | None = None
+        self.final_model: nn.Module | None = None
+        self.report: EvaluationReport | None = None
+        self.example_input: torch.Tensor | None = None
+        self.label_names: list[str] = []
+        self.energy: dict[str, EnergyReading] = {}
+        self._phase: _PhaseEnergy | None = None
+        self._pending: tuple[Any, Any, Any] | None = None
+        self._terms_sum: dict[str, float] = {}
+        self._terms_n = 0
+        self._t0 = time.perf_counter()
+        self._hooks: list[Any] = []
+        self._last_epoch_end: int | None = None
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: str | os.PathLike[str] | dict[str, Any] | CompressionRecipe, **kwargs: Any
+    ) -> FQCallback:
+        """``FQCallback(recipe, **kwargs)``: a path, a dict or a CompressionRecipe."""
+        return cls(recipe, **kwargs)
+
+    # --- the Trainer helper ---------------------------------------------------------------
+
+    def trainer(self, trainer_cls: type[Any], **kwargs: Any) -> Any:
+        """Build ``trainer_cls(**kwargs)`` with this callback, ``compute_metrics`` and the
+        methods' own optimizer groups (a subclass of ``trainer_cls`` with
+        :class:`FQTrainerMixin`; any Trainer subclass works)."""
+        if self.calib_dataset is None:
+            self.calib_dataset = kwargs.get("train_dataset")
+        if self.data_collator is None:
+            self.data_collator = kwargs.get("data_collator")
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if self not in callbacks:
+            callbacks.append(self)
+        kwargs.setdefault("compute_metrics", self.compute_metrics)
+        sub = fq_trainer_class(trainer_cls)
+        return sub(fq_callback=self, callbacks=callbacks, **kwargs)
+
+    # --- attach ---------------------------------------------------------------------------
+
+    def _check_args(self, args: Any) -> None:
+        names = list(args.label_names) if args.label_names is not None else None
+        if names is None or self.group_key not in names or self.label_key not in names:
+            raise ConfigError(
+                f"TrainingArguments.label_names is {names!r}; it must name the labels and the "
+                f"group column ({self.label_key!r} and {self.group_key!r}, fairness.group_key): "
+                f"Trainer drops every other column before the batch reaches the model. Pass "
+                f"TrainingArguments(..., label_names=[{self.label_key!r}, {self.group_key!r}])"
+            )
+        self.label_names = names
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and int(getattr(args, "world_size", 1)) == 1:
+            warnings.warn(
+                f"WORLD_SIZE={world} but Trainer runs without a process group: every rank trains "
+                "alone on all the data. On CPU pass TrainingArguments(use_cpu=True) under torchrun",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _calib_batches(self, model: nn.Module, args: Any) -> Callable[[], Iterator[Any]] | None:
+        if self.calib_dataset is None:
+            return None
+        from torch.utils.data import DataLoader
+        from transformers import default_data_collator
+
+        ds = self.calib_dataset
+        collate = self.data_collator or default_data_collator
+        bs = int(getattr(args, "per_device_train_batch_size", 32) or 32)
+        key_given = self.input_key or getattr(model, "main_input_name", None)
+        device = next(model.parameters()).device
+        label_key, group_key = self.label_key, self.group_key
+
+        def batches() -> Iterator[Any]:
+            for b in DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate):
+                others = [k for k in b if k not in (label_key, group_key)]
+                key = key_given or (others[0] if len(others) == 1 else "input_ids")
+                if key not in b or label_key not in b:
+                    raise ConfigError(
+                        f"a calibration batch has keys {sorted(b)}; it needs the model's input "
+                        f"{key!r} and the labels {label_key!r}; name the input with "
+                        "FQCallback(..., input_key=...)"
+                    )
+                g = b.get(group_key)
+                yield (
+                    b[key].to(device),
+                    b[label_key].to(device),
+                    g.to(device) if g is not None else None,
+                )
+
+        return batches
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        from ..engine import CompressionPipeline, Objective
+
+        model = kwargs.get("model")
+        if self.pipeline is not None:
+            raise ConfigError(
+                "this FQCallback is attached to a model already; make one FQCallback per Trainer"
+            )
+        if not isinstance(model, nn.Module):
+            raise ConfigError("FQCallback needs Trainer(model=...) (got no model)")
+        self._check_args(args)
+        device = next(model.parameters()).device
+        calib = self._calib_batches(model, args)
+        if calib is not None:
+            x, _, _ = next(iter(calib()))
+            self.example_input = x[:8].detach().clone()
+        ctx = AttachContext(
+            calib_batches=calib,
+            group_key=self.group_key,
+            n_groups=self.n_groups,
+            device=device,
+            example_input=self.example_input,
+        )
+        pipe = CompressionPipeline(self.recipe.compress, plugin_manager=self.pm, context=ctx)
+        if len(pipe.stages) > 1:
+            raise ConfigError(
+                f"this recipe has {len(pipe.stages)} stages (a structural method such as bmrs, then "
+                "the others); a Trainer trains one stage: run the bmrs stage with "
+                "FQCallback(..., finalize_at_end=True), then a second Trainer with the other "
+                "methods on fq.final_model",
+                key="compress",
+            )
+        with _LogitsOnly(model):
+            pipe.start(model)
+        model.to(device)
+        _encode_method_states(model)
+        _check_tensor_state(model)
+        self.pipeline, self.model = pipe, model
+        self.objective = Objective.from_recipe(self.recipe, pipe.session, n_groups=self.n_groups)
+        self._install_hooks(model)
+        return control
+
+    def _install_hooks(self, model: nn.Module) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = [
+            model.register_forward_pre_hook(_SharedHook(self._pre_forward), with_kwargs=True),
+            model.register_forward_hook(_SharedHook(self._post_forward), with_kwargs=True),
+        ]
+
+    # --- the loss (forward hooks) ---------------------------------------------------------
+
+    def _pre_forward(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        labels = kwargs.pop(self.label_key, None)
+        groups = kwargs.pop(self.group_key, None)
+        n_items = kwargs.pop("num_items_in_batch", None)
+        self._pending = (labels, groups, n_items) if labels is not None else None
+        return args, kwargs
+
+    def _post_forward(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> Any:
+        pending, self._pending = self._pending, None
+        if pending is None or self.objective is None:
+            return out
+        labels, groups, n_items = pending
+        if groups is None and self.objective.uses_groups:
+            raise ConfigError(
+                f"the fairness regularizer ({self.recipe.fairness.regularizer.kind}) needs group "
+                f"ids, but the batch has no {self.group_key!r} column; give the dataset a "
+                f"{self.group_key!r} column and keep it with TrainingArguments(label_names="
+                f"[{self.label_key!r}, {self.group_key!r}]), or set fairness.regularizer.kind: none"
+            )
+        logits = _logits_of(out)
+        terms = self.objective(logits, labels.reshape(-1).long(), groups)
+        loss = terms.total
+        if n_items is not None:
+            loss = loss * (labels.numel() / n_items)
+        if module.training:
+            for k, v in terms.floats().items():
+                self._terms_sum[k] = self._terms_sum.get(k, 0.0) + v
+            self._terms_n += 1
+        if isinstance(out, Mapping):
+            fields = {k: v for k, v in out.items() if k != "loss"}
+            return cast(Any, type(out))(loss=loss, **fields)
+        if isinstance(out, tuple):
+            return (loss, *out)
+        return (loss, out)  # a plain tensor of logits: Trainer reads outputs[0] as the loss
+
+    def pop_loss_terms(self) -> dict[str, float]:
+        """Mean of each loss term (``fq_task``, ``fq_fairness``, ``fq_penalty``,
+        ``fq_total``) over the training forwards since the last call."""
+        n, sums = self._terms_n, self._terms_sum
+        self._terms_sum, self._terms_n = {}, 0
+        return {f"fq_{k}": v / n for k, v in sums.items()} if n else {}
+
+    # --- training events -------------------------------------------------------------------
+
+    def _require_attached(self, event: str) -> CompressionPipeline:
+        if self.pipeline is None:
+            raise ConfigError(
+                f"FQCallback got {event} without having attached: it was added after "
+                "Trainer.__init__ (trainer.add_callback), when the optimizer may exist already. "
+                "Pass it at construction: Trainer(..., callbacks=[fq]) or fq.trainer(Trainer, ...)"
+            )
+        return self.pipeline
+
+    def _check_optimizer(self, optimizer: Any, args: Any) -> None:
+        pipe = self._require_attached("on_train_begin")
+        if optimizer is None or self.model is None:
+            return
+        where: dict[int, dict[str, Any]] = {}
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                where[id(p)] = g
+        wanted = pipe.session.param_groups(self.model, lr=args.learning_rate, weight_decay=0.0)
+        wrong = []
+        for g in wanted[1:]:
+            for p in g["params"]:
+                have = where.get(id(p))
+                if have is None:
+                    continue
+                lr_now = have.get("initial_lr", have.get("lr"))
+                if not math.isclose(float(have.get("weight_decay", 0.0)), float(g["weight_decay"])) or (
+                    lr_now is not None and not math.isclose(float(lr_now), float(g["lr"]))
+                ):
+                    wrong.append((g["lr"], g["weight_decay"], lr_now, have.get("weight_decay")))
+                    break
+        if wrong:
+            want_lr, want_wd, lr, wd = wrong[0]
+            raise ConfigError(
+                f"the optimizer puts the methods' own parameters (bits, dead-zones, gates) in a "
+                f"group with lr={lr}, weight_decay={wd}; the methods ask for lr={want_lr}, "
+                f"weight_decay={want_wd}. Build the Trainer with fq.trainer(YourTrainerClass, ...) "
+                "(any Trainer subclass), which creates the optimizer from session.param_groups"
+            )
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._check_optimizer(kwargs.get("optimizer"), args)
+        if self._phase is None:
+            from ..energy.tracker import resolve_meters
+
+            carbon = self.recipe.energy.carbon.model()
+            meters = resolve_meters(
+                self.recipe.energy.meters,
+                self.pm,
+                self.log,
+                {"country": carbon.country if carbon else None},
+            )
+            self._phase = _PhaseEnergy(meters, self.pm, self.log)
+        self._phase.start()
+        return control
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._require_attached("on_step_begin")
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        pipe = self._require_attached("on_step_end")
+        step = int(state.global_step) - 1  # the engine counts optimizer steps from 0
+        pipe.session.on_step(step)
+        loss = {k.removeprefix("fq_"): v for k, v in self._last_terms().items()}
+        self.pm.on_step(step, "train", loss)
+        # The last step of an epoch: run the epoch-end schedules now, before Trainer saves a
+        # checkpoint at this step (Trainer's on_epoch_end comes after that save, so a run
+        # resumed from it would never run them for this epoch).
+        epoch = float(state.epoch or 0.0)
+        if epoch > 0 and abs(epoch - round(epoch)) < 1e-9:
+            self._epoch_end(pipe, round(epoch) - 1)
+        return control
+
+    def _epoch_end(self, pipe: CompressionPipeline, index: int) -> None:
+        if index != self._last_epoch_end:
+            pipe.session.on_epoch_end(index)
+            self._last_epoch_end = index
+
+    def _last_terms(self) -> dict[str, float]:
+        n = self._terms_n
+        return {f"fq_{k}": v / n for k, v in self._terms_sum.items()} if n else {}
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        pipe = self._require_attached("on_epoch_end")
+        # an epoch cut short by max_steps ends here; a full one ended at its last step
+        self._epoch_end(pipe, max(0, math.ceil(float(state.epoch or 0.0) - 1e-9) - 1))
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._require_attached("on_train_end")
+        if self._phase is not None:
+            self.energy.update(self._phase.stop("train"))
+        if self.finalize_at_end:
+            self.finalize()
+        return control
+
+    # --- finalize ----------------------------------------------------------------------------
+
+    def _probe(self, m: nn.Module) -> torch.Tensor:
+        assert self.example_input is not None
+        with _LogitsOnly(m):
+            return cast(torch.Tensor, m(self.example_input))
+
+    @property
+    def finalize_max_abs_diff(self) -> float | None:
+        """Largest |finalized − fake-quantized| logit on the probe batch (after finalize)."""
+        return self.pipeline.max_diff if self.pipeline is not None else None
+
+    def finalize(self) -> nn.Module:
+        """Bake the methods in (the pipeline's checked finalize); returns the plain model,
+        also :attr:`final_model`. Called at train end with ``finalize_at_end=True``."""
+        from ..engine import FINALIZE_TOLERANCE, Objective
+
+        pipe = self._require_attached("finalize")
+        if pipe.finalized:
+            assert self.final_model is not None
+            return self.final_model
+        assert self.model is not None
+        probe = self._probe if self.example_input is not None else None
+        if probe is None:
+            warnings.warn(
+                "no calibration data: the finalized model is not checked against the "
+                "fake-quantized one; pass FQCallback(calib_dataset=...) or use fq.trainer(...)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        with _LogitsOnly(self.model):  # BMRS compares model(x) before and after removal
+            final = pipe.finalize(self.model, probe)
+        _strip_logits_hooks(final)
+        diff = pipe.max_diff
+        if diff is not None and diff > FINALIZE_TOLERANCE:
+            self.log(f"warning: finalized model differs from the fake-quantized one by {diff:.3g}")
+        if final is not self.model:  # a structural method may return another module
+            self._install_hooks(final)
+        self.final_model = self.model = final
+        # the methods are baked in: no penalties any more, the fairness term stays
+        self.objective = Objective.from_recipe(self.recipe, None, n_groups=self.n_groups)
+        return final
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def cost(self) -> ModelCost:
+        """Bits, sparsity, packed size, MACs and BOPs of the model now (``session.cost``)."""
+        pipe = self._require_attached("cost")
+        assert self.model is not None
+        if self.example_input is None:
+            return pipe.cost(self.model)
+        with _LogitsOnly(self.model):
+            return pipe.cost(self.model, self.example_input[:1])
+
+    def _split_label_ids(self, label_ids: Any) -> tuple[Any, Any]:
+        if not isinstance(label_ids, tuple | list) or len(label_ids) != len(self.label_names):
+            raise ConfigError(
+                f"compute_metrics got label_ids of type {type(label_ids).__name__}; with "
+                f"TrainingArguments(label_names=[{self.label_key!r}, {self.group_key!r}]) Trainer "
+                "passes one array per name. Set label_names so, and build the Trainer with this "
+                "callback (it checks them at init)"
+            )
+        return (
+            label_ids[self.label_names.index(self.label_key)],
+            label_ids[self.label_names.index(self.group_key)],
+        )
+
+    def evaluation_report(self, logits: Any, labels: Any, groups: Any) -> EvaluationReport:
+        """The engine's :class:`~fq_plugins.report.EvaluationReport` from evaluation logits
+        ``(N, C)``, labels ``(N,)`` and group ids ``(N,)`` (arrays or tensors)."""
+        from ..engine import build_report
+        from ..fairness.table import GroupConfusion
+
+        pipe = self._require_attached("compute_metrics")
+        lg = torch.as_tensor(logits)
+        y = torch.as_tensor(labels).reshape(-1).long()
+        g = torch.as_tensor(groups).reshape(-1).long()
+        n_groups = max(self.n_groups or 1, int(g.max()) + 1 if g.numel() else 1)
+        table = GroupConfusion(n_groups, int(lg.shape[-1]))
+        table.update(lg.reshape(-1, lg.shape[-1]).argmax(-1), y, g)
+        energy = dict(self.energy)
+        if self._phase is not None and self._phase.running:
+            energy.update(self._phase.snapshot("train"))
+        rep = build_report(
+            self.variant,
+            [c.method for c in pipe.configs],
+            table,
+            self.recipe.fairness.metrics,
+            self.pm,
+            self.cost(),
+            energy,
+            time.perf_counter() - self._t0,
+            pipe.max_diff,
+            metric_options={"undefined": self.recipe.fairness.undefined},
+            carbon=self.recipe.energy.carbon.model(),
+        )
+        rep.method_stats = [{"method": st.method, **st.extra} for st in pipe.stats()]
+        self.report = rep
+        self.pm.on_evaluation(rep)
+        return rep
+
+    def compute_metrics(self, eval_pred: Any) -> dict[str, float]:
+        """Trainer's ``compute_metrics``: the report's figures as floats (Trainer prefixes
+        them with ``eval_``); the full report is :attr:`report`."""
+        preds = eval_pred.predictions
+        if isinstance(preds, tuple | list):
+            preds = preds[0]
+        labels, groups = self._split_label_ids(eval_pred.label_ids)
+        return report_metrics(self.evaluation_report(preds, labels, groups))
+
+
+def report_metrics(rep: EvaluationReport) -> dict[str, float]:
+    """Flat float figures of a report, for Trainer's logs (TensorBoard shows scalars only)."""
+    out: dict[str, float] = {
+        "accuracy": rep.accuracy,
+        "mean_group_accuracy": rep.mean_group_accuracy,
+        "worst_group_accuracy": rep.worst_group_accuracy,
+        "accuracy_gap": rep.accuracy_gap,
+    }
+    for name, acc in zip(rep.group_names, rep.group_accuracy, strict=True):
+        out[f"group_accuracy_{name}"] = float(acc)
+    for name, res in rep.metrics.items():
+        out.setdefault(name, float(res.value))
+    c = rep.cost
+    out.update(
+        avg_bits=c.avg_bits_param,
+        avg_bits_channel=c.avg_bits_channel,
+        sparsity=c.sparsity,
+        packed_bytes=float(c.packed_bytes),
+        compression_ratio=c.compression_ratio,
+        macs=float(c.macs),
+        bops=c.bops,
+        bops_rel=c.bops_rel,
+    )
+    for key, r in rep.energy.items():
+        phase, meter = key.split(":", 1) if ":" in key else (key, r.meter)
+        label = "missing" if r.missing else ("estimated" if r.estimated else "measured")
+        out[f"energy_{phase}_{meter}_joules_{label}"] = r.total_joules
+    if rep.carbon is not None:
+        out["carbon_g"] = float(getattr(rep.carbon, "grams", math.nan))
+    if rep.finalize_max_abs_diff is not None:
+        out["finalize_max_abs_diff"] = rep.finalize_max_abs_diff
+    return out
+
+
+# --- the Trainer subclass -----------------------------------------------------------------
+
+
+class FQTrainerMixin:
+    """Mixed into a Trainer class by :meth:`FQCallback.trainer`: the optimizer from
+    ``session.param_groups``, the loss terms in the training logs, ``self.model`` replaced
+    by the finalized model."""
+
+    fq: FQCallback
+
+    def __init__(self, *args: Any, fq_callback: FQCallback, **kwargs: Any) -> None:
+        self.fq = fq_callback
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> Any:
+        t = cast(Any, self)
+        opt_model = t.model if model is None else model
+        pipe = self.fq.pipeline
+        if t.optimizer is not None or pipe is None:
+            return super().create_optimizer(model)  # type: ignore[misc]
+        cls, kw = t.get_optimizer_cls_and_kwargs(t.args, opt_model)
+        if any(k in kw for k in ("params", "model", "optimizer_dict")) or not isinstance(cls, type):
+            return super().create_optimizer(model)  # type: ignore[misc]  # checked at train begin
+        groups = pipe.session.param_groups(opt_model, lr=t.args.learning_rate, weight_decay=0.0)
+        rest, own = groups[0]["params"], groups[1:]
+        decay = set(t.get_decay_parameter_names(opt_model))
+        by_id = {id(p): n for n, p in opt_model.named_parameters()}
+        t.optimizer = cls(
+            [
+                {"params": [p for p in rest if by_id.get(id(p)) in decay], "weight_decay": t.args.weight_decay},
+                {"params": [p for p in rest if by_id.get(id(p)) not in decay], "weight_decay": 0.0},
+                *own,
+            ],
+            **kw,
+        )
+        return t.optimizer
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs:
+            logs = {**logs, **self.fq.pop_loss_terms()}
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().train(*args, **kwargs)  # type: ignore[misc]
+        t = cast(Any, self)
+        if self.fq.final_model is not None and self.fq.final_model is not t.model:
+            t.model = t.model_wrapped = self.fq.final_model
+        return out
+
+
+_SUBCLASSES: dict[type[Any], type[Any]] = {}
+
+
+def fq_trainer_class(trainer_cls: type[Any]) -> type[Any]:
+    """``trainer_cls`` with :class:`FQTrainerMixin` mixed in (one class per base)."""
+    if not isinstance(trainer_cls, type) or not issubclass(trainer_cls, transformers.Trainer):
+        raise ConfigError(
+            f"fq.trainer() needs a transformers.Trainer class (or a subclass); got {trainer_cls!r}"
+        )
+    if issubclass(trainer_cls, FQTrainerMixin):
+        return trainer_cls
+    sub = _SUBCLASSES.get(trainer_cls)
+    if sub is None:
+        sub = type(f"FQ{trainer_cls.__name__}", (FQTrainerMixin, trainer_cls), {})
+        _SUBCLASSES[trainer_cls] = sub
+    return sub
+
