@@ -24,17 +24,14 @@ _LIST_FAMILIES = ("compressors", "metrics", "meters", "selectors")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
+    from .recipe import parse_recipe_text
 
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=2); got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        out[k.strip()] = parse_recipe_text(v, source=f"--set {item!r}: the value")
     return out
 
 

@@ -528,19 +528,81 @@ def default_recipe_text() -> str:
     )
 
 
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe file larger than this (1 MiB) is refused rather than read."""
+
+
+class _RecipeYamlLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (an alias bomb expands to gigabytes) or duplicate keys
+    (where the last one would silently win)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"aliases (*{event.anchor}) are not allowed in recipes{event.start_mark}; "
+                "write the value out"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(f"duplicate key {key!r}{key_node.start_mark}; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}; keep one")
+        out[k] = v
+    return out
+
+
+def parse_recipe_text(text: str, *, json_format: bool = False, source: str = "recipe") -> Any:
+    """YAML (or JSON) recipe text → data, refusing aliases and duplicate keys."""
+    kind = "JSON" if json_format else "YAML"
+    try:
+        if json_format:
+            return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return yaml.load(text, Loader=_RecipeYamlLoader)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{source} is not valid {kind}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to be a recipe") from None
+
+
 def _read_file(path: Path) -> Any:
     if not path.exists():
         raise ConfigError(f"recipe file {str(path)!r} does not exist; check the path")
     if path.is_dir():
         raise ConfigError(f"recipe path {str(path)!r} is a folder; give a .yaml or .json file")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise ConfigError(f"recipe file {str(path)!r} is not valid {kind}: {exc}") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe file {str(path)!r}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ConfigError(
+            f"recipe file {str(path)!r} is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe "
+            "is a small YAML/JSON file — check the path"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"recipe file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"recipe file {str(path)!r} holds NUL bytes: it is not a text file")
+    return parse_recipe_text(
+        text, json_format=path.suffix.lower() == ".json", source=f"recipe file {str(path)!r}"
+    )
 
 
 def load_recipe(

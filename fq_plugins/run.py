@@ -30,6 +30,7 @@ from .energy.carbon import CarbonModel
 from .energy.tracker import EnergyPredictions, EnergyTracker, merge_readings, resolve_meters
 from .engine import FINALIZE_TOLERANCE, CompressionPipeline, Objective, build_report, fit
 from .engine import evaluate as engine_evaluate
+from .errors import ConfigError
 from .fairness.regularizers import RegularizerSpec
 from .fairness.table import GroupConfusion
 from .manager import FQPluginManager, get_plugin_manager
@@ -76,6 +77,20 @@ def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDatase
     if spec.max_examples is not None and spec.max_examples < len(ds):
         _, ds = stratified_split(ds, spec.max_examples / len(ds), seed + 1)
     train, test = stratified_split(ds, spec.test_fraction, seed)
+    for split, name in ((train, "training"), (test, "test")):
+        if len(split) == 0:
+            raise ConfigError(
+                f"the {name} split is empty ({len(ds)} examples, test_fraction "
+                f"{spec.test_fraction}): raise data.max_examples or change data.test_fraction",
+                key="data.max_examples" if spec.max_examples is not None else "data.test_fraction",
+            )
+    if not bool(torch.isfinite(ds.x).all()):
+        bad = int((~torch.isfinite(ds.x)).flatten(1).any(dim=1).sum())
+        raise ConfigError(
+            f"{bad} example(s) of {ds.name!r} hold NaN or infinite values; clean the data "
+            "(a model trained on them reports nonsense)",
+            key="data",
+        )
     if spec.normalize:
         mean = train.x.mean(dim=(0, 2, 3), keepdim=True)
         std = train.x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

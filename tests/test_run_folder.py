@@ -24,7 +24,7 @@ from .conftest import TINY
 
 @pytest.mark.parametrize("name", ["../../../x/important", "/abs/path", "a/b", "..", "", "x" * 101, "a b"])
 def test_variant_names_that_are_not_file_names_are_refused(name):
-    with pytest.raises(ConfigError, match="variant name .* is not allowed"):
+    with pytest.raises(ConfigError, match=r"variant name .* is not allowed"):
         load_recipe({**TINY, "compare": {name: [{"method": "uniform", "bits": 2}]}})
 
 
@@ -39,7 +39,7 @@ def test_a_folder_with_files_is_never_overwritten_unless_asked(tmp_path):
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
     recipe = load_recipe(TINY)
-    with pytest.raises(FQError, match="already holds 1 file.*--overwrite"):
+    with pytest.raises(FQError, match=r"already holds 1 file.*--overwrite"):
         run(recipe, output_dir=str(out), log=lambda s: None)
     with pytest.raises(FQError, match="not a run folder"):
         run(recipe, output_dir=str(out), log=lambda s: None, overwrite=True)
@@ -65,9 +65,11 @@ def test_a_second_writer_gets_in_use(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / LOCK_NAME).write_text(str(sleeper.pid))
-        with pytest.raises(FQError, match=f"in use by another run \\(process {sleeper.pid}\\)"):
-            with locked(folder):
-                pass
+        with (
+            pytest.raises(FQError, match=rf"in use by another run \(process {sleeper.pid}\)"),
+            locked(folder),
+        ):
+            pass
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -123,3 +125,55 @@ def test_sigterm_mid_run_leaves_an_interrupted_report_and_loadable_variants(tmp_
     for v in done:
         model = build_model("small_cnn", in_channels=3, image_size=8, n_classes=4, width=4)
         load_compressed(v["checkpoint"]["path"], model)
+
+
+# --- bad input: refused before training, never a wrong result reported as right --------
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a: &x [1, 2]\nb: *x\n", "aliases"),
+        ("name: a\nname: b\n", "duplicate key 'name'"),
+        ("train:\n  epochs: 1\n  epochs: 2\n", "duplicate key 'epochs'"),
+    ],
+)
+def test_yaml_aliases_and_duplicate_keys_are_refused(tmp_path, text, match):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(p)
+
+
+def test_json_duplicate_keys_big_files_and_non_utf8_are_refused(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text('{"seed": 1, "seed": 2}')
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        load_recipe(p)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * ((1 << 20) + 10))
+    with pytest.raises(ConfigError, match="larger than 1024 KiB"):
+        load_recipe(big)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_recipe(bad)
+    utf32 = tmp_path / "utf32.yaml"
+    utf32.write_bytes("name: x\n".encode("utf-32"))
+    with pytest.raises(ConfigError, match=r"not UTF-8|NUL"):
+        load_recipe(utf32)
+
+
+def test_an_empty_test_split_is_refused_before_training(tmp_path):
+    recipe = load_recipe({**TINY, "data": {**TINY["data"], "max_examples": 10, "test_fraction": 0.05}})
+    with pytest.raises(ConfigError, match="test split is empty"):
+        run(recipe, output_dir=str(tmp_path / "o"), log=lambda s: None)
+    assert not (tmp_path / "o").exists()  # nothing was written
+
+
+def test_a_diverged_training_stops_with_the_phase_and_the_fix(tmp_path):
+    recipe = load_recipe({**TINY, "train": {"epochs": 2, "lr": 1e12}})
+    with pytest.raises(FQError, match=r"\[train\] the loss is not finite .* lower the learning rate"):
+        run(recipe, output_dir=str(tmp_path / "o"), log=lambda s: None)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["status"] == "failed" and report["variants"] == []

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._log import Log, stderr_log
+from ..errors import FQError
 from .batches import unpack_batch
 from .objective import Objective
 
@@ -105,6 +106,13 @@ def fit(
             x, y, g = unpack_batch(batch, group_key=group_key)
             logits = model(x)
             loss = objective(logits, y, g)
+            if not bool(torch.isfinite(loss.total)):
+                parts = ", ".join(f"{k} {v:.4g}" for k, v in loss.floats().items())
+                raise FQError(
+                    f"[{phase}] the loss is not finite at epoch {epoch + 1}, batch {b + 1} "
+                    f"({parts}); training diverged — lower the learning rate (lr {lr:g}), "
+                    "set a grad_clip, or check the inputs for NaN/inf"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             if grad_clip is not None:
