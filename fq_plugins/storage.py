@@ -14,7 +14,9 @@ into a model of the same architecture.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import io
 import math
 import os
@@ -27,12 +29,25 @@ from torch import nn
 
 from .compressors.ops import ActivationQuant, QuantCodes
 from .engine.installers import INPUT_TRANSFORM_ATTR, input_transform, install_input_transform
-from .errors import ConfigError
+from .errors import ConfigError, FQError
 from .targets import WEIGHT_LAYER_TYPES
 
-__all__ = ["SaveResult", "load_compressed", "pack_bits", "save_compressed", "unpack_bits"]
+__all__ = [
+    "CheckpointError",
+    "SaveResult",
+    "load_compressed",
+    "pack_bits",
+    "save_compressed",
+    "unpack_bits",
+]
 
 FORMAT = "fq-packed/2"
+MAGIC = b"FQPACK2\n"
+"""File = MAGIC + sha256(payload) + payload (a ``torch.save`` blob, loaded weights-only)."""
+
+
+class CheckpointError(FQError):
+    """A compressed checkpoint that is corrupted, truncated, or does not fit the model."""
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -133,11 +148,17 @@ def save_compressed(
     rest = {k: v for k, v in model.state_dict().items() if k not in skip}
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "layers": layers, "inputs": inputs, "rest": rest}, buf)
-    data = buf.getvalue()
+    payload = buf.getvalue()
+    data = MAGIC + hashlib.sha256(payload).digest() + payload
     tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise FQError(f"cannot write {os.fspath(path)!r}: {exc.strerror or exc}") from None
     return SaveResult(os.fspath(path), len(data), sorted(layers), float_layers)
 
 
@@ -186,46 +207,132 @@ def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 setattr(mod, k, new)
 
 
+def _read_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {name!r}: {exc.strerror or exc}") from None
+    if not data.startswith(MAGIC):
+        raise CheckpointError(f"{name!r} is not an fq-plugins compressed checkpoint ({FORMAT})")
+    head = len(MAGIC) + 32
+    digest, payload = data[len(MAGIC) : head], data[head:]
+    if len(digest) < 32 or hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(
+            f"{name!r} is corrupted or truncated (its sha256 does not match the content); "
+            "restore it from a copy or write it again"
+        )
+    try:
+        blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # an intact digest but an unreadable payload: say which file
+        raise CheckpointError(f"{name!r} cannot be read: {type(exc).__name__}: {exc}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{name!r} is not an fq-plugins compressed checkpoint ({FORMAT})")
+    return blob
+
+
+def _decode_layer(name: str, rec: Any, file: str) -> torch.Tensor:
+    """The float32 weight of one packed layer, every field checked."""
+    try:
+        shape = [int(d) for d in rec["shape"]]
+        c, per = shape[0], math.prod(shape[1:])
+        widths = [int(w) for w in rec["widths"]]
+        offsets = [int(o) for o in rec["offsets"]]
+        data = rec["codes"].numpy().tobytes()
+        scale, shift, offset = rec["scale"], rec["shift"], int(rec["offset"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{file!r}: layer {name!r} is malformed ({exc})") from None
+    if c < 1 or per < 1 or len(widths) != c or len(offsets) != c + 1 or offset not in (0, 1):
+        raise CheckpointError(f"{file!r}: layer {name!r} has inconsistent sizes")
+    for i, w in enumerate(widths):
+        if not 1 <= w <= 32 or offsets[i + 1] - offsets[i] != math.ceil(per * w / 8):
+            raise CheckpointError(f"{file!r}: layer {name!r} channel {i} has a bad code width")
+    if offsets[0] != 0 or offsets[-1] != len(data):
+        raise CheckpointError(f"{file!r}: layer {name!r} code bytes do not match its offsets")
+    for what, t in (("scale", scale), ("shift", shift)):
+        if not isinstance(t, torch.Tensor) or t.numel() != c or not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{file!r}: layer {name!r} has a missing, misshapen or non-finite {what}"
+            )
+    k = torch.empty(c, per, dtype=torch.int64)
+    for i in range(c):
+        width = widths[i]
+        raw = unpack_bits(data[offsets[i] : offsets[i + 1]], width, per).astype(np.int64)
+        k[i] = torch.from_numpy(2 * raw - 1 if width == 1 else raw - ((1 << (width - 1)) - 1))
+    qc = QuantCodes(
+        codes=k.reshape(shape),
+        scale=scale,
+        shift=shift,
+        max_code=torch.zeros(c),
+        bits=torch.zeros(c),
+        offset=offset,
+    )
+    return qc.dequantize()
+
+
 def load_compressed(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     """Load a :func:`save_compressed` file into ``model``; returns it.
 
     ``model`` is the architecture the checkpoint was made from; when channels were removed
     (BMRS), its conv/linear/norm layers are resized to the stored shapes first, so
-    ``load_compressed(path, build_model(...))`` restores the pruned model.
+    ``load_compressed(path, build_model(...))`` restores the pruned model. The file's
+    digest, every packed field and every shape are checked first: a corrupted, truncated
+    or foreign file, or one that does not fit ``model`` (another number of classes), raises
+    :class:`CheckpointError` and leaves ``model`` untouched.
     """
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ConfigError(
-            f"{os.fspath(path)!r} is not an fq-plugins compressed checkpoint ({FORMAT})"
-        )
-    state = dict(blob["rest"])
-    for name, rec in blob["layers"].items():
-        shape = rec["shape"]
-        c = shape[0]
-        per = math.prod(shape[1:])
-        data = rec["codes"].numpy().tobytes()
-        offsets = rec["offsets"].tolist()
-        k = torch.empty(c, per, dtype=torch.int64)
-        for i in range(c):
-            width = int(rec["widths"][i])
-            raw = unpack_bits(data[offsets[i] : offsets[i + 1]], width, per).astype(np.int64)
-            k[i] = torch.from_numpy(2 * raw - 1 if width == 1 else raw - ((1 << (width - 1)) - 1))
-        qc = QuantCodes(
-            codes=k.reshape(shape),
-            scale=rec["scale"],
-            shift=rec["shift"],
-            max_code=torch.zeros(c),
-            bits=torch.zeros(c),
-            offset=int(rec["offset"]),
-        )
-        state[f"{name}.weight" if name else "weight"] = qc.dequantize()
+    file = os.fspath(path)
+    blob = _read_payload(path)
+    rest, layers = blob.get("rest"), blob.get("layers")
+    if not isinstance(rest, dict) or not isinstance(layers, dict):
+        raise CheckpointError(f"{file!r} is malformed (no state)")
+    state = dict(rest)
+    for name, rec in layers.items():
+        state[f"{name}.weight" if name else "weight"] = _decode_layer(str(name), rec, file)
+    _check_fits(model, state, file)
     modules = dict(model.named_modules())
     for mname, rec in blob.get("inputs", {}).items():
         mod = modules.get(mname)
         if mod is None:
-            raise ConfigError(f"the checkpoint quantizes the input of {mname!r}, which this model lacks")
+            raise CheckpointError(
+                f"{file!r} quantizes the input of {mname!r}, which this model lacks"
+            )
         if INPUT_TRANSFORM_ATTR not in mod._modules:
             install_input_transform(mod, ActivationQuant(int(rec["bits"])))
     _resize_to(model, state)
     model.load_state_dict(state)
     return model
+
+
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], file: str) -> None:
+    """Every key known and no tensor larger than the model's: pruning only removes channels,
+    and the outputs of the last Conv/Linear (the head) never change."""
+    own = model.state_dict()
+    unknown = sorted(k for k in state if k not in own and INPUT_TRANSFORM_ATTR not in k)
+    missing = sorted(k for k in own if k not in state and INPUT_TRANSFORM_ATTR not in k)
+    if unknown or missing:
+        raise CheckpointError(
+            f"{file!r} does not fit this model: "
+            + (f"unknown keys {unknown[:4]}" if unknown else "")
+            + (" " if unknown and missing else "")
+            + (f"missing keys {missing[:4]}" if missing else "")
+            + "; build the architecture the checkpoint was made from"
+        )
+    heads = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)]
+    head = f"{heads[-1]}.weight" if heads else None
+    for k, t in state.items():
+        if k not in own:
+            continue
+        mine = own[k].shape
+        if t.shape == mine:
+            continue
+        grows = len(t.shape) != len(mine) or any(a > b for a, b in zip(t.shape, mine, strict=True))
+        head_outputs = (k == head and t.shape[0] != mine[0]) or (
+            head is not None and k == head.removesuffix("weight") + "bias"
+        )
+        if grows or head_outputs:
+            raise CheckpointError(
+                f"{file!r} does not fit this model: {k} is {list(t.shape)} in the file and "
+                f"{list(mine)} here (e.g. another number of classes); build the architecture "
+                "the checkpoint was made from"
+            )

@@ -107,3 +107,51 @@ def test_quant_codes_dequantize_by_hand():
         max_code=torch.tensor([3]), bits=torch.tensor([3.0]), offset=1,
     )
     assert qc.dequantize().tolist() == [[0.0, 0.25, -0.75, 1.25]]
+
+
+# --- integrity: a damaged or foreign file is refused, the model left untouched -----------
+
+
+def _saved(tmp_path):
+    torch.manual_seed(0)
+    model = SmallCNN(3, 5)
+    session = CompressionSession.from_configs([{"method": "uniform", "bits": 4}])
+    session.attach(model)
+    model = session.finalize(model).eval()
+    path = tmp_path / "m.fqz"
+    save_compressed(model, session.storage_codes(), path)
+    return model, path
+
+
+def test_any_flipped_byte_is_detected(tmp_path):
+    from fq_plugins.storage import CheckpointError
+
+    _, path = _saved(tmp_path)
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        bad = bytearray(data)
+        for i in rng.choice(len(bad), size=16, replace=False):
+            bad[i] ^= 0xFF
+        p = tmp_path / f"bad{trial}.fqz"
+        p.write_bytes(bytes(bad))
+        fresh = SmallCNN(3, 5)
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(CheckpointError):
+            load_compressed(p, fresh)
+        assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    (tmp_path / "short.fqz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        load_compressed(tmp_path / "short.fqz", SmallCNN(3, 5))
+    (tmp_path / "foreign.fqz").write_bytes(b"PK\x03\x04 not ours")
+    with pytest.raises(CheckpointError, match="not an fq-plugins compressed checkpoint"):
+        load_compressed(tmp_path / "foreign.fqz", SmallCNN(3, 5))
+
+
+def test_a_checkpoint_for_another_number_of_classes_is_refused(tmp_path):
+    from fq_plugins.storage import CheckpointError
+
+    _, path = _saved(tmp_path)  # 5 classes
+    for n in (3, 8):
+        with pytest.raises(CheckpointError, match="another number of classes"):
+            load_compressed(path, SmallCNN(3, n))
