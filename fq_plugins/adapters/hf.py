@@ -329,6 +329,7 @@ class FQCallback(TrainerCallback):
         self._t0 = time.perf_counter()
         self._hooks: list[Any] = []
         self._last_epoch_end: int | None = None
+        self._step_terms: dict[str, float] = {}
 
     @classmethod
     def from_recipe(
@@ -488,7 +489,8 @@ class FQCallback(TrainerCallback):
         if n_items is not None:
             loss = loss * (labels.numel() / n_items)
         if module.training:
-            for k, v in terms.floats().items():
+            self._step_terms = terms.floats()
+            for k, v in self._step_terms.items():
                 self._terms_sum[k] = self._terms_sum.get(k, 0.0) + v
             self._terms_n += 1
         if isinstance(out, Mapping):
@@ -570,8 +572,7 @@ class FQCallback(TrainerCallback):
         pipe = self._require_attached("on_step_end")
         step = int(state.global_step) - 1  # the engine counts optimizer steps from 0
         pipe.session.on_step(step)
-        loss = {k.removeprefix("fq_"): v for k, v in self._last_terms().items()}
-        self.pm.on_step(step, "train", loss)
+        self.pm.on_step(step, "train", dict(self._step_terms))
         # The last step of an epoch: run the epoch-end schedules now, before Trainer saves a
         # checkpoint at this step (Trainer's on_epoch_end comes after that save, so a run
         # resumed from it would never run them for this epoch).
@@ -584,10 +585,6 @@ class FQCallback(TrainerCallback):
         if index != self._last_epoch_end:
             pipe.session.on_epoch_end(index)
             self._last_epoch_end = index
-
-    def _last_terms(self) -> dict[str, float]:
-        n = self._terms_n
-        return {f"fq_{k}": v / n for k, v in self._terms_sum.items()} if n else {}
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         pipe = self._require_attached("on_epoch_end")

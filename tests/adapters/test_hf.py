@@ -190,7 +190,7 @@ def test_bert_baq_groups_loss_and_metrics(tmp_path: Any) -> None:
     ce = F.cross_entropy(logits, batch["labels"], reduction="none")
     gm = [ce[batch["group"] == k].mean() for k in (0, 1)]
     expect = ce.mean() + 0.5 * (max(gm) - min(gm)) + session.penalty()
-    assert float(loss.detach()) == pytest.approx(float(expect), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expect.detach()), rel=1e-5)
 
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
@@ -379,3 +379,33 @@ def test_timm_wrapper_offline(tmp_path: Any) -> None:
     ev = ImageDS(32, 2)
     oracle = _oracle_metrics(torch.as_tensor(trainer.predict(ev).predictions), ev.y, ev.g)
     assert metrics["eval_worst_group_accuracy"] == pytest.approx(oracle["worst"])
+
+
+def test_event_hooks_fire_per_step_and_evaluation(tmp_path: Any) -> None:
+    from fq_plugins import hookimpl
+    from fq_plugins.manager import get_plugin_manager
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, str, dict[str, float]]] = []
+            self.reports: list[Any] = []
+
+        @hookimpl
+        def fq_on_step(self, step: int, phase: str, losses: dict[str, float]) -> None:
+            self.steps.append((step, phase, losses))
+
+        @hookimpl
+        def fq_on_evaluation(self, report: Any) -> None:
+            self.reports.append(report)
+
+    pm = get_plugin_manager()
+    rec = Recorder()
+    pm.register(rec, name="recorder")
+    fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4}), plugin_manager=pm)
+    trainer = fq.trainer(Trainer, model=bert(), args=targs(tmp_path, max_steps=3),
+                         train_dataset=TextDS(64, 1), eval_dataset=TextDS(32, 2))
+    trainer.train()
+    trainer.evaluate()
+    assert [s for s, _, _ in rec.steps] == [0, 1, 2]
+    assert all(p == "train" and {"task", "fairness", "total"} <= set(d) for _, p, d in rec.steps)
+    assert rec.reports == [fq.report]
