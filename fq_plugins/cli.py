@@ -284,10 +284,20 @@ def _signals_interrupt() -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
+    from .run import build_datasets, check_recipe
 
     pm = _plugin_manager(refuse_conflicts=True)
     recipe = load_recipe(args.recipe, plugin_manager=pm)
+    # what would fail only at run time: the data, the model, every method's attach
+    train, _ = build_datasets(recipe.data, recipe.seed)
+    check_recipe(recipe, train, pm)
     print(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    n = len(recipe.variants())
+    print(
+        f"ok: data, model and {n} pipeline{'s' if n != 1 else ''} checked (every method attached "
+        "to a copy of the model)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -81,6 +81,10 @@ class AttachContext:
     calibration batch is used."""
     installer: Installer | None = None
     """Where weight transforms go (default: parametrize); the adapters pass their own."""
+    dry_run: bool = False
+    """True when the host only checks that the methods can attach (``fq-plugins validate``,
+    the start of ``run``): a method may skip costly measurements but must raise every
+    error a real attach would."""
 
     def iter_calib(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """``(x, y, group)`` batches; mapping batches are read with ``group_key``."""

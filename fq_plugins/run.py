@@ -165,6 +165,66 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def _build_model(recipe: Recipe, train: GroupDataset) -> nn.Module:
+    try:
+        return build_model(
+            recipe.model.name,
+            in_channels=train.x.shape[1],
+            image_size=train.x.shape[-1],
+            n_classes=train.n_classes,
+            **recipe.model.kwargs,
+        )
+    except TypeError as exc:  # a kwarg the architecture does not take
+        raise ConfigError(
+            f"{recipe.model.name!r} does not accept these options: {exc}", key="model.kwargs"
+        ) from None
+    except (ValueError, RuntimeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(
+            f"{recipe.model.name!r} cannot be built with {recipe.model.kwargs}: {exc}",
+            key="model.kwargs",
+        ) from None
+
+
+def check_recipe(
+    recipe: Recipe,
+    train: GroupDataset,
+    pm: FQPluginManager,
+    variants: dict[str, list[MethodConfig]] | None = None,
+) -> None:
+    """Catch before any training what would otherwise fail after it: build the model and
+    attach every variant's methods to a copy (calibration on one batch, ``dry_run``, so a
+    method may skip costly measurements). Raises the methods' own ConfigErrors, with the
+    recipe key path. The global RNG is left as it was (the run's model is built after)."""
+    with torch.random.fork_rng(devices=[]):
+        _check_recipe(recipe, train, pm, variants)
+
+
+def _check_recipe(
+    recipe: Recipe,
+    train: GroupDataset,
+    pm: FQPluginManager,
+    variants: dict[str, list[MethodConfig]] | None,
+) -> None:
+    model = _build_model(recipe, train)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    batch = next(iter(iterate_batches(train, recipe.train.batch_size, shuffle=True, generator=gen)))
+    ctx = AttachContext(
+        calib_batches=lambda: iter([batch]),
+        group_key=recipe.fairness.group_key,
+        n_groups=train.n_groups,
+        example_input=batch[0][:2],
+        dry_run=True,
+    )
+    for vname, methods in (variants if variants is not None else recipe.variants()).items():
+        key = "compress" if vname not in recipe.compare else f"compare.{vname}"
+        pipe = CompressionPipeline(methods, plugin_manager=pm, key=key, context=ctx)
+        m = pipe.start(copy.deepcopy(model))
+        while not pipe.is_last_stage:
+            m = pipe.next_stage(m)
+
+
 def _write_text(path: str, text: str) -> None:
     """Write ``path`` atomically (a crash mid-write never leaves half a file)."""
     tmp = path + ".tmp"
@@ -206,6 +266,7 @@ def run(
         torch.set_num_threads(recipe.train.threads)
     variants = recipe.variants()  # checks variant names before any work
     train, test = build_datasets(recipe.data, recipe.seed)
+    check_recipe(recipe, train, pm, variants)  # everything that can fail, before training
     carbon = recipe.energy.carbon.model()
     meters = resolve_meters(
         recipe.energy.meters, pm, log, {"country": carbon.country if carbon else None}
@@ -258,13 +319,7 @@ def _run_in(
     predictions = EnergyPredictions(tracker, carbon, log)
     example = test.x[:1]
     try:
-        model = build_model(
-            recipe.model.name,
-            in_channels=train.x.shape[1],
-            image_size=train.x.shape[-1],
-            n_classes=train.n_classes,
-            **recipe.model.kwargs,
-        )
+        model = _build_model(recipe, train)
         t0 = time.perf_counter()
         _, e_train = tracker.measure(
             "train",

@@ -113,8 +113,8 @@ class CompressionSession:
                     raise ConfigError(msg, key=f"{self.key}[{i}].{exc.key}") from None
                 raise
         self.attached = True
-        if self.pm is not None:
-            self.pm.after_attach(self, model)
+        if self.pm is not None and not (context is not None and context.dry_run):
+            self.pm.after_attach(self, model)  # observers see real attaches, not checks
         return model
 
     def penalty(self) -> torch.Tensor:

@@ -50,10 +50,21 @@ def test_tiny_run_report(pm, tmp_path):
     assert load_recipe(str(tmp_path / "o" / "recipe.yaml"), plugin_manager=pm) == recipe
 
 
-def test_failure_keeps_partial_report(pm, tmp_path):
+def test_failure_keeps_partial_report(pm, tmp_path, monkeypatch):
+    """A failure during a later variant (here a fault injected into it) keeps the report of
+    everything before it; what can be checked is refused before training instead."""
+    import fq_plugins.run as run_module
+
+    real = run_module._run_variant
+
+    def faulty(vname, *args, **kwargs):
+        if vname == "bad":
+            raise ConfigError("injected fault", key="compare.bad[0].targets")
+        return real(vname, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_run_variant", faulty)
     recipe = load_recipe(
-        {**TINY, "compare": {"bad": [{"method": "uniform", "targets": {"include": ["zzz"]}}]}},
-        plugin_manager=pm,
+        {**TINY, "compare": {"bad": [{"method": "uniform", "bits": 2}]}}, plugin_manager=pm
     )
     with pytest.raises(ConfigError, match=r"compare.bad\[0\].targets"):
         run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=lambda m: None)

@@ -177,3 +177,22 @@ def test_a_diverged_training_stops_with_the_phase_and_the_fix(tmp_path):
         run(recipe, output_dir=str(tmp_path / "o"), log=lambda s: None)
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["status"] == "failed" and report["variants"] == []
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"compress": [{"method": "uniform", "targets": {"include": ["nothing.*"]}}]}, r"compress\[0\]\.targets: matches no module"),
+        ({"compress": [{"method": "fairquant", "budget": {"avg_bits": 1.0}}]}, r"compress\[0\]\.budget\.avg_bits: avg_bits 1 cannot be met"),
+        ({"model": {"kwargs": {"widht": 4}}}, r"model\.kwargs: 'small_cnn' does not accept"),
+        ({"compress": [{"method": "momos", "k": 10**8}]}, r"compress\[0\]\.k: k = 100000000 is larger"),
+        ({"compare": {"q": [{"method": "uniform", "bits": 4}, {"method": "fairquant"}]}}, r"already quantized"),
+    ],
+)
+def test_what_would_fail_after_training_fails_before_it(tmp_path, override, match):
+    logs: list[str] = []
+    recipe = load_recipe({**TINY, **override})
+    with pytest.raises(ConfigError, match=match):
+        run(recipe, output_dir=str(tmp_path / "o"), log=logs.append)
+    assert not any("[train] epoch" in line for line in logs)  # no training was spent
+    assert not (tmp_path / "o").exists()

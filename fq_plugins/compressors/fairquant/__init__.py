@@ -194,19 +194,38 @@ class FairQuantCompressor(Compressor):
                 "importance: pass AttachContext(calib_batches=...) to attach, or run it through "
                 "`fq-plugins run` / CompressionSession.attach(model, context)"
             )
-        self.importance = group_importance(
-            model,
-            context.iter_calib(),
-            targets,
-            signal=imp.signal,
-            reducer=imp.reducer,
-            calib_batches=imp.calib_batches,
-            n_groups=context.n_groups,
-            group_source=imp.group_source,
-            granularity=imp.granularity,
-            cvar_alpha=imp.cvar_alpha,
-            hawq_samples=imp.hawq_samples,
-        )
+        if context.dry_run:
+            # a check only: equal scores give the same feasibility (budget, levels) as the
+            # real importance, without the calibration passes
+            n_g = context.n_groups or 1
+            self.importance = ImportanceResult(
+                scores={
+                    t.name: torch.ones(
+                        self.original(t.module, t.param).shape[0] if imp.granularity == "channel" else 1
+                    )
+                    for t in targets
+                },
+                group_totals=torch.zeros(n_g, dtype=torch.float64),
+                group_counts=torch.zeros(n_g, dtype=torch.long),
+                groups_from="groups",
+                n_batches=0,
+                signal=imp.signal,
+                reducer=imp.reducer,
+            )
+        else:
+            self.importance = group_importance(
+                model,
+                context.iter_calib(),
+                targets,
+                signal=imp.signal,
+                reducer=imp.reducer,
+                calib_batches=imp.calib_batches,
+                n_groups=context.n_groups,
+                group_source=imp.group_source,
+                granularity=imp.granularity,
+                cvar_alpha=imp.cvar_alpha,
+                hawq_samples=imp.hawq_samples,
+            )
         if self.importance.groups_from == "classes":
             log.warning(
                 "fairquant: no group ids in the calibration batches; used classes as groups"
