@@ -207,6 +207,16 @@ def test_custom_filter_fn_restricts_and_rejects_unsupported_modules():
         quantize_(net(), ta.UniformConfig(bits=4), filter_fn=lambda m, fqn: fqn in ("1", "3"))
 
 
+def test_a_conv_only_model_needs_the_weight_layers_filter():
+    conv_only = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    quantize_(conv_only, ta.UniformConfig(bits=4))  # torchao's default filter: no Linear, no call
+    with pytest.raises(ConfigError, match="no fq-plugins method"):
+        ta.session_of(conv_only)
+    quantize_(conv_only, ta.UniformConfig(bits=4), filter_fn=ta.weight_layers)
+    (method,) = ta.session_of(conv_only).methods
+    assert [n for n, _ in method.attached] == ["0", "2"]
+
+
 # --- any registered compressor ---------------------------------------------------------
 
 
