@@ -409,3 +409,31 @@ def test_event_hooks_fire_per_step_and_evaluation(tmp_path: Any) -> None:
     assert [s for s, _, _ in rec.steps] == [0, 1, 2]
     assert all(p == "train" and {"task", "fairness", "total"} <= set(d) for _, p, d in rec.steps)
     assert rec.reports == [fq.report]
+
+
+def test_finalized_model_loads_in_stock_transformers(tmp_path: Any) -> None:
+    from transformers import BertForSequenceClassification
+
+    fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 3}), finalize_at_end=True)
+    trainer = fq.trainer(Trainer, model=bert(), args=targs(tmp_path, max_steps=2),
+                         train_dataset=TextDS(32, 1))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = BertForSequenceClassification.from_pretrained(str(tmp_path / "final")).eval()
+    x = TextDS(8, 3).x
+    with torch.no_grad():
+        want = fq.final_model.eval()(input_ids=x).logits
+        got = loaded(input_ids=x).logits
+    assert torch.equal(want, got)
+    # the weights are on the 3-bit grid: at most 2^3 distinct values per output channel
+    w = loaded.bert.encoder.layer[0].intermediate.dense.weight
+    assert max(len(torch.unique(row)) for row in w) <= 8
+
+
+def test_torchrun_without_process_group_warns(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torchrun sets WORLD_SIZE; a Trainer that did not join the process group has world size 1
+    args = targs(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4}))
+    with pytest.warns(RuntimeWarning, match=r"use_cpu=True"):
+        fq.trainer(Trainer, model=bert(), args=args, train_dataset=TextDS(32, 1))
