@@ -437,3 +437,25 @@ def test_torchrun_without_process_group_warns(tmp_path: Any, monkeypatch: pytest
     fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4}))
     with pytest.warns(RuntimeWarning, match=r"use_cpu=True"):
         fq.trainer(Trainer, model=bert(), args=args, train_dataset=TextDS(32, 1))
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path: Any) -> None:
+    # BERT accepts loss kwargs, so Trainer passes num_items_in_batch and does not divide the
+    # loss itself: the adapter must scale it. SGD, no clipping, no fairness term (which is
+    # not additive over micro-batches): 2 x 8 accumulated = 1 x 16, up to float rounding.
+    fairness = {"regularizer": {"kind": "none"}, "metrics": ["worst_group_accuracy"]}
+    params = []
+    for bs, accum in ((16, 1), (8, 2)):
+        fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4}, fairness=fairness))
+        args = targs(tmp_path, max_steps=1, per_device_train_batch_size=bs,
+                     gradient_accumulation_steps=accum, optim="sgd", learning_rate=0.5,
+                     max_grad_norm=0.0, weight_decay=0.0, lr_scheduler_type="constant")
+        trainer = fq.trainer(Trainer, model=bert(), args=args, train_dataset=TextDS(16, 1))
+        assert trainer.model_accepts_loss_kwargs
+        trainer.train()
+        params.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    start = bert().state_dict()
+    moved = [k for k in start if k in params[0] and not torch.equal(start[k], params[0][k])]
+    assert moved, "the step changed the weights"
+    for k in params[0]:
+        torch.testing.assert_close(params[0][k], params[1][k], atol=1e-6, rtol=1e-5)
