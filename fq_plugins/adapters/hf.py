@@ -643,6 +643,40 @@ class FQCallback(TrainerCallback):
         self.objective = Objective.from_recipe(self.recipe, None, n_groups=self.n_groups)
         return final
 
+    def export(self, path: str | os.PathLike[str]) -> nn.Module:
+        """Finalize (if not yet) and write the plain model with ``save_pretrained``, loadable
+        by stock ``from_pretrained``; checked: reloaded, it gives the same logits on the
+        probe batch. Refused when a method changed the shapes (BMRS removed channels), since
+        the model's config would no longer describe them."""
+        final = self.finalize()
+        if not hasattr(final, "save_pretrained") or not hasattr(final, "config"):
+            raise ConfigError(
+                f"export() needs a transformers PreTrainedModel; got {type(final).__name__}: "
+                "save fq.final_model with torch.save, or fq.pipeline.save(model, 'model.fqz')"
+            )
+        with torch.device("meta"):
+            ref = type(final)(final.config)
+        want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+        changed = [
+            k for k, v in final.state_dict().items() if k in want and tuple(v.shape) != want[k]
+        ]
+        if changed:
+            raise ConfigError(
+                f"the finalized model's shapes differ from its config at {changed[:3]} (a "
+                "structural method removed channels), so from_pretrained could not load it; "
+                "keep fq.final_model (torch.save) or save before finalize"
+            )
+        cast(Any, final).save_pretrained(os.fspath(path))
+        if self.example_input is not None:
+            loaded = type(final).from_pretrained(os.fspath(path)).to(self.example_input.device)
+            a, b = self._probe(final), self._probe(loaded)
+            if not torch.equal(a, b):
+                raise FQError(
+                    f"the exported model at {os.fspath(path)!r} does not reproduce the finalized "
+                    f"model's logits (max |diff| {float((a - b).abs().max()):.3g})"
+                )
+        return final
+
     # --- evaluation ----------------------------------------------------------------------------
 
     def cost(self) -> ModelCost:

@@ -459,3 +459,25 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Any) -> None:
     assert moved, "the step changed the weights"
     for k in params[0]:
         torch.testing.assert_close(params[0][k], params[1][k], atol=1e-6, rtol=1e-5)
+
+
+def test_export_is_checked_and_refuses_changed_shapes(tmp_path: Any) -> None:
+    from transformers import BertForSequenceClassification
+
+    fq = FQCallback.from_recipe(recipe({"method": "codeq", "bits": 4}))
+    trainer = fq.trainer(Trainer, model=bert(), args=targs(tmp_path, max_steps=2),
+                         train_dataset=TextDS(32, 1))
+    trainer.train()
+    final = fq.export(tmp_path / "export")  # finalizes first
+    loaded = BertForSequenceClassification.from_pretrained(str(tmp_path / "export")).eval()
+    x = TextDS(8, 3).x
+    with torch.no_grad():
+        assert torch.equal(final.eval()(input_ids=x).logits, loaded(input_ids=x).logits)
+    # a model whose shapes no longer match its config (what BMRS's removal does) is refused
+    fq2 = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4}))
+    fq2.trainer(Trainer, model=bert(), args=targs(tmp_path, max_steps=1), train_dataset=TextDS(32, 1))
+    pruned = fq2.finalize()
+    dense = pruned.bert.pooler.dense
+    pruned.bert.pooler.dense = nn.Linear(dense.in_features, dense.out_features - 4)
+    with pytest.raises(ConfigError, match="shapes differ from its config"):
+        fq2.export(tmp_path / "pruned")
