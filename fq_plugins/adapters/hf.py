@@ -668,7 +668,7 @@ class FQCallback(TrainerCallback):
             )
         cast(Any, final).save_pretrained(os.fspath(path))
         if self.example_input is not None:
-            loaded = type(final).from_pretrained(os.fspath(path)).to(self.example_input.device)
+            loaded = cast(Any, type(final)).from_pretrained(os.fspath(path)).to(self.example_input.device)
             a, b = self._probe(final), self._probe(loaded)
             if not torch.equal(a, b):
                 raise FQError(
