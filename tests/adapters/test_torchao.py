@@ -397,3 +397,13 @@ def test_configs_round_trip_through_torchao_json_and_hf_torchao_config():
     hf = transformers.TorchAoConfig(quant_type=ta.UniformConfig(bits=3, granularity="tensor"))
     loaded = transformers.TorchAoConfig.from_dict(json.loads(json.dumps(hf.to_dict(), default=str)))
     assert loaded.quant_type == ta.UniformConfig(bits=3, granularity="tensor")
+
+
+def test_the_docs_example_runs(tmp_path):
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).parents[2] / "docs" / "adapters" / "torchao.md"
+    code = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)[0]
+    code = code.replace("/tmp/model.safetensors", str(tmp_path / "model.safetensors"))
+    exec(compile(code, str(page), "exec"), {"__name__": "docs_example"})
