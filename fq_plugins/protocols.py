@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -146,8 +147,9 @@ class InstalledTransform:
 class MethodState(torch.nn.Module):
     """Method-wide state that must survive ``state_dict`` (schedules, counters, scores).
 
-    Tensors go in with :meth:`put` (buffers; names may contain dots); JSON-able records
-    in :attr:`record` travel as ``get_extra_state``. A method adds it to the model with
+    Tensors go in with :meth:`put` (buffers; names may contain dots); the JSON-able
+    :attr:`record` travels as ``get_extra_state`` (a uint8 tensor of its JSON, so
+    tensor-only formats such as safetensors carry it). A method adds it to the model with
     :meth:`Compressor.add_state`, so checkpoints and DDP carry it like any buffer.
     """
 
@@ -173,10 +175,15 @@ class MethodState(torch.nn.Module):
     def has(self, name: str) -> bool:
         return self._key(name) in self._buffers
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return copy.deepcopy(self.record)
+    def get_extra_state(self) -> torch.Tensor:
+        # JSON bytes in a uint8 tensor: checkpoints that hold only tensors (safetensors, as
+        # HF Trainer writes them) carry the record too
+        data = json.dumps(self.record, sort_keys=True).encode("utf-8")
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
 
     def set_extra_state(self, state: Any) -> None:
+        if isinstance(state, torch.Tensor):
+            state = json.loads(bytes(state.to(torch.uint8).tolist()).decode("utf-8"))
         self.record = copy.deepcopy(dict(state))
 
 

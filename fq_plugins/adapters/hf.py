@@ -29,10 +29,10 @@ How each Trainer fact is met (measured on transformers 5.24):
   weight decay; the rest split the Trainer way). With the callback alone, ``on_train_begin``
   checks the optimizer and raises :class:`~fq_plugins.errors.ConfigError` when a method's
   parameter sits in a group with the wrong lr or weight decay (the fix: ``fq.trainer(...)``).
-* **checkpoints** — all method state is in ``model.state_dict()``; Trainer saves with
-  safetensors only, which cannot hold :class:`~fq_plugins.protocols.MethodState`'s dict
-  extra state, so after attach each MethodState encodes its record as a uint8 JSON tensor.
-  ``resume_from_checkpoint`` then restores every method exactly.
+* **checkpoints** — all method state is in ``model.state_dict()`` as tensors (a
+  :class:`~fq_plugins.protocols.MethodState` record travels as a uint8 JSON tensor), which
+  Trainer's safetensors checkpoints hold; ``resume_from_checkpoint`` then restores every
+  method exactly (a state that is not a tensor is refused at attach).
 * **metrics** — :meth:`FQCallback.compute_metrics` reads ``label_ids = (labels, group)``
   (``label_names`` order) and returns the report's figures: accuracy, per-group accuracy,
   the recipe's fairness metrics, bits / sparsity / packed size / BOPs (``session.cost``)
@@ -45,7 +45,6 @@ Private transformers pieces used: none beyond documented ``Trainer`` methods
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -58,7 +57,7 @@ from torch import nn
 
 from .._log import Log, stderr_log
 from ..errors import ConfigError, FQError, MissingDependencyError
-from ..protocols import AttachContext, EnergyReading, MethodState
+from ..protocols import AttachContext, EnergyReading
 
 try:
     import transformers
@@ -101,26 +100,6 @@ check_transformers_version()
 
 
 # --- safetensors-safe method state ------------------------------------------------------
-
-
-class _TensorRecordState(MethodState):
-    """A :class:`MethodState` whose JSON record travels as a uint8 tensor (safetensors holds
-    tensors only; Trainer saves every checkpoint with safetensors)."""
-
-    def get_extra_state(self) -> Any:
-        data = json.dumps(self.record, sort_keys=True).encode("utf-8")
-        return torch.tensor(list(data), dtype=torch.uint8)
-
-    def set_extra_state(self, state: Any) -> None:
-        if isinstance(state, torch.Tensor):
-            state = json.loads(bytes(state.to(torch.uint8).tolist()).decode("utf-8"))
-        super().set_extra_state(state)
-
-
-def _encode_method_states(model: nn.Module) -> None:
-    for m in model.modules():
-        if type(m) is MethodState:
-            m.__class__ = _TensorRecordState
 
 
 def _check_tensor_state(model: nn.Module) -> None:
@@ -443,7 +422,6 @@ class FQCallback(TrainerCallback):
         with _LogitsOnly(model):
             pipe.start(model)
         model.to(device)
-        _encode_method_states(model)
         _check_tensor_state(model)
         self.pipeline, self.model = pipe, model
         self.objective = Objective.from_recipe(self.recipe, pipe.session, n_groups=self.n_groups)
