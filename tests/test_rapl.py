@@ -230,3 +230,22 @@ def test_non_leader_local_rank_defers(tree):
     set_uj(tree, "intel-rapl:0", 5_000_000)
     r = m.stop()
     assert r.joules == {} and "local rank 0" in r.details["deferred"]
+
+
+def test_tracker_begin_snapshot_end_for_hosts_that_do_not_own_the_loop(tmp_path):
+    """begin → snapshot (the phase goes on) → end equals one measured phase: the snapshot's
+    joules are part of the end's, and the end adds what came after."""
+    from fq_plugins.energy.estimate import CpuTimeMeter
+    from fq_plugins.manager import get_plugin_manager
+
+    tracker = EnergyTracker([CpuTimeMeter()], get_plugin_manager(autoload=False), lambda s: None)
+    tracker.begin("train")
+    sum(i * i for i in range(300_000))
+    first = tracker.snapshot()["train:cpu_time"].total_joules
+    assert tracker.running and first > 0
+    sum(i * i for i in range(300_000))
+    total = tracker.end()["train:cpu_time"]
+    assert not tracker.running
+    assert total.total_joules > first and total.details["laps"] == 2
+    with pytest.raises(RuntimeError, match="without begin"):
+        tracker.end()

@@ -69,9 +69,9 @@ except ImportError as exc:  # pragma: no cover - exercised by a test with the im
 
 if TYPE_CHECKING:
     from ..accounting import ModelCost
+    from ..energy.tracker import EnergyTracker
     from ..engine import CompressionPipeline, Objective
     from ..manager import FQPluginManager
-    from ..protocols import EnergyMeter
     from ..recipe import CompressionRecipe
     from ..report import EvaluationReport
 
@@ -167,77 +167,6 @@ class _SharedHook:
         return self
 
 
-# --- energy of the training phase ---------------------------------------------------------
-
-
-class _PhaseEnergy:
-    """Meters running from ``on_train_begin`` to ``on_train_end``; ``snapshot()`` gives the
-    energy so far (a lap) without stopping the phase.
-
-    Trainer drives the loop, so :meth:`EnergyTracker.measure` (which wraps a callable) cannot
-    be used; this keeps its conventions: laps merged by :func:`merge_readings`, a failing
-    meter marked missing, readings combined over DDP ranks.
-    """
-
-    def __init__(self, meters: list[EnergyMeter], pm: FQPluginManager, log: Log) -> None:
-        self.meters, self.pm, self.log = meters, pm, log
-        self.parts: dict[int, list[EnergyReading]] = {}
-        self.failed: dict[int, str] = {}
-        self.running = False
-        self.t0 = 0.0
-
-    def start(self) -> None:
-        self.parts = {id(m): [] for m in self.meters}
-        self.failed = {}
-        for m in self.meters:
-            try:
-                m.start()
-            except Exception as exc:
-                self.failed[id(m)] = f"failed to start: {exc}"
-        self.t0 = time.perf_counter()
-        self.running = True
-
-    def _lap(self, restart: bool) -> None:
-        for m in self.meters:
-            if id(m) in self.failed:
-                continue
-            try:
-                reading = m.stop()
-            except Exception as exc:
-                self.failed[id(m)] = f"{type(exc).__name__}: {exc}"
-                continue
-            self.parts[id(m)].append(reading)
-            if restart:
-                try:
-                    m.start()
-                except Exception as exc:
-                    self.failed[id(m)] = f"failed to restart: {exc}"
-
-    def readings(self, phase: str) -> dict[str, EnergyReading]:
-        from ..energy.tracker import _reduce_across_ranks, merge_readings
-
-        seconds = time.perf_counter() - self.t0
-        out = {}
-        for m in self.meters:
-            r = merge_readings(m.name, self.parts.get(id(m), []), self.failed.get(id(m)), seconds)
-            out[f"{phase}:{m.name}"] = _reduce_across_ranks(r)
-        return out
-
-    def snapshot(self, phase: str) -> dict[str, EnergyReading]:
-        if self.running:
-            self._lap(restart=True)
-        return self.readings(phase)
-
-    def stop(self, phase: str) -> dict[str, EnergyReading]:
-        if self.running:
-            self._lap(restart=False)
-            self.running = False
-        readings = self.readings(phase)
-        for r in readings.values():
-            self.pm.on_energy_reading(phase, r)
-        return readings
-
-
 # --- the callback -------------------------------------------------------------------------
 
 
@@ -301,7 +230,8 @@ class FQCallback(TrainerCallback):
         self.example_input: torch.Tensor | None = None
         self.label_names: list[str] = []
         self.energy: dict[str, EnergyReading] = {}
-        self._phase: _PhaseEnergy | None = None
+        self._phase: EnergyTracker | None = None
+        """Meters of the training phase (begun at on_train_begin, ended at on_train_end)."""
         self._pending: tuple[Any, Any, Any] | None = None
         self._terms_sum: dict[str, float] = {}
         self._terms_n = 0
@@ -529,7 +459,7 @@ class FQCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._check_optimizer(kwargs.get("optimizer"), args)
         if self._phase is None:
-            from ..energy.tracker import resolve_meters
+            from ..energy.tracker import EnergyTracker, resolve_meters
 
             carbon = self.recipe.energy.carbon.model()
             meters = resolve_meters(
@@ -538,8 +468,8 @@ class FQCallback(TrainerCallback):
                 self.log,
                 {"country": carbon.country if carbon else None},
             )
-            self._phase = _PhaseEnergy(meters, self.pm, self.log)
-        self._phase.start()
+            self._phase = EnergyTracker(meters, self.pm, self.log)
+        self._phase.begin("train")
         return control
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -572,8 +502,8 @@ class FQCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._require_attached("on_train_end")
-        if self._phase is not None:
-            self.energy.update(self._phase.stop("train"))
+        if self._phase is not None and self._phase.running:
+            self.energy.update(self._phase.end())
         if self.finalize_at_end:
             self.finalize()
         return control
@@ -694,7 +624,7 @@ class FQCallback(TrainerCallback):
         table.update(lg.reshape(-1, lg.shape[-1]).argmax(-1), y, g)
         energy = dict(self.energy)
         if self._phase is not None and self._phase.running:
-            energy.update(self._phase.snapshot("train"))
+            energy.update(self._phase.snapshot())
         rep = build_report(
             self.variant,
             [c.method for c in pipe.configs],

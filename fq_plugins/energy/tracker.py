@@ -140,6 +140,7 @@ class EnergyTracker:
         self._laps: dict[int, list[EnergyReading]] | None = None
         self._failed: dict[int, str] = {}
         self._phase = ""
+        self._t0 = 0.0
 
     def _stop(self, m: EnergyMeter, phase: str, t0: float) -> EnergyReading:
         try:
@@ -176,7 +177,16 @@ class EnergyTracker:
                 )
         return total
 
-    def measure(self, phase: str, fn: Callable[[], Any]) -> tuple[Any, dict[str, EnergyReading]]:
+    @property
+    def running(self) -> bool:
+        """True between :meth:`begin` and :meth:`end`."""
+        return self._laps is not None
+
+    def begin(self, phase: str) -> None:
+        """Start every meter for ``phase`` (for hosts that do not own the loop: HF Trainer
+        calls back; ``measure`` wraps a callable with ``begin``/``end``)."""
+        if self._laps is not None:
+            raise RuntimeError(f"energy phase {self._phase!r} is still running; end() it first")
         self._phase = phase
         self._failed = {}
         self._laps = {}
@@ -189,28 +199,58 @@ class EnergyTracker:
                 self.log(
                     f"energy: meter {m.name!r} failed to start for {phase}: {exc}; figure marked missing"
                 )
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
+
+    def _merged(self) -> dict[str, EnergyReading]:
+        assert self._laps is not None  # callers check running
+        seconds = time.perf_counter() - self._t0
+        return {
+            f"{self._phase}:{m.name}": _reduce_across_ranks(
+                merge_readings(m.name, self._laps[id(m)], self._failed.get(id(m)), seconds)
+            )
+            for m in self.meters
+        }
+
+    def snapshot(self) -> dict[str, EnergyReading]:
+        """The running phase's energy so far (a lap on every meter; the phase goes on)."""
+        if self._laps is None:
+            raise RuntimeError("EnergyTracker.snapshot() is only valid between begin() and end()")
+        self.lap()
+        return self._merged()
+
+    def end(self) -> dict[str, EnergyReading]:
+        """Stop every meter; the phase's readings (``{"<phase>:<meter>": reading}``), each
+        also sent to ``fq_on_energy_reading``."""
+        if self._laps is None:
+            raise RuntimeError("EnergyTracker.end() without begin()")
+        for m in self.meters:
+            if id(m) not in self._failed:
+                self._laps[id(m)].append(self._stop(m, self._phase, self._t0))
+        readings = self._merged()
+        self._laps = None
+        for reading in readings.values():
+            self.pm.on_energy_reading(self._phase, reading)
+        return readings
+
+    def abort(self) -> None:
+        """Stop every meter without a reading (the phase failed); no meter is left running."""
+        if self._laps is None:
+            return
+        for m in self.meters:  # leave no meter running (RAPL's sampling thread)
+            if id(m) not in self._failed:
+                with contextlib.suppress(Exception):
+                    m.stop()
+        self._laps = None
+
+    def measure(self, phase: str, fn: Callable[[], Any]) -> tuple[Any, dict[str, EnergyReading]]:
+        """Run ``fn`` as the phase ``phase``; returns its result and the phase's readings."""
+        self.begin(phase)
         try:
             result = fn()
         except BaseException:
-            for m in self.meters:  # leave no meter running (RAPL's sampling thread)
-                if id(m) not in self._failed:
-                    with contextlib.suppress(Exception):
-                        m.stop()
-            self._laps = None
+            self.abort()
             raise
-        laps, failed = self._laps, self._failed
-        self._laps = None
-        readings: dict[str, EnergyReading] = {}
-        for m in self.meters:
-            parts = laps[id(m)]
-            if id(m) not in failed:
-                parts.append(self._stop(m, phase, t0))
-            reading = merge_readings(m.name, parts, failed.get(id(m)), time.perf_counter() - t0)
-            reading = _reduce_across_ranks(reading)
-            readings[f"{phase}:{m.name}"] = reading
-            self.pm.on_energy_reading(phase, reading)
-        return result, readings
+        return result, self.end()
 
 
 def merge_readings(
