@@ -693,9 +693,9 @@ def convert(
             "quantize_(model, <fq config>) first)",
             key="model",
         )
-    from ..engine.pipeline import _run_probe
+    from ..engine.pipeline import run_probe
 
-    before = _run_probe(probe, model) if probe is not None else None
+    before = run_probe(probe, model) if probe is not None else None
     names = {id(m): n for n, m in model.named_modules()}
     codes: dict[str, QuantCodes] = {}
     params: dict[str, tuple[nn.Module, str]] = {}
@@ -738,7 +738,7 @@ def convert(
     host.converted = True
     diff = None
     if probe is not None and before is not None:
-        after = _run_probe(probe, model)
+        after = run_probe(probe, model)
         diff = float((after - before).abs().max()) if before.numel() else 0.0
     return ConversionReport(target=target, layers=report, max_diff=diff)
 

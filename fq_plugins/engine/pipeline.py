@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..manager import FQPluginManager
     from ..storage import SaveResult
 
-__all__ = ["FINALIZE_TOLERANCE", "CompressionPipeline", "Probe", "plan_stages"]
+__all__ = ["FINALIZE_TOLERANCE", "CompressionPipeline", "Probe", "plan_stages", "run_probe"]
 
 Probe = Callable[[nn.Module], torch.Tensor]
 """Outputs of a model on fixed inputs, compared before and after finalize (the pipeline
@@ -77,7 +77,7 @@ def plan_stages(
 
 
 @torch.no_grad()
-def _run_probe(probe: Probe, model: nn.Module) -> torch.Tensor:
+def run_probe(probe: Probe, model: nn.Module) -> torch.Tensor:
     """``probe(model)`` in eval mode (no BatchNorm update, no gate sampling), mode restored."""
     was_training = model.training
     model.eval()
@@ -170,11 +170,11 @@ class CompressionPipeline:
         self, model: nn.Module, probe: Probe | None, before: torch.Tensor | None = None
     ) -> tuple[nn.Module, float | None]:
         if before is None and probe is not None:
-            before = _run_probe(probe, model)
+            before = run_probe(probe, model)
         final = self.session.finalize(model)
         if probe is None or before is None:
             return final, None
-        return final, _max_abs_diff(before, _run_probe(probe, final))
+        return final, _max_abs_diff(before, run_probe(probe, final))
 
     def next_stage(self, model: nn.Module, probe: Probe | None = None) -> nn.Module:
         """Finalize the current (structural) stage, checked, and attach the next one to the
