@@ -157,3 +157,46 @@ def test_reported_packed_size_is_the_compact_size():
     comp = s.methods[0]
     assert s.cost(model).packed_bytes == comp.compact_bytes()  # no other tensors here
     assert s.cost(model).fp32_bytes == (1600 + 160) * 4
+
+
+def test_a_damaged_or_crafted_export_is_refused_before_anything_is_allocated(tmp_path):
+    import json
+    import struct
+
+    from fq_plugins.compressors.momos import load_compact
+    from fq_plugins.storage import CheckpointError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5))
+    comp = MoMosCompressor(block_size=4, capacity=0.05)
+    CompressionSession([comp]).attach(model)
+    good = tmp_path / "m.momos"
+    comp.export_compact(good)
+    data = good.read_bytes()
+    (n,) = struct.unpack("<I", data[:4])
+    head = json.loads(data[4 : 4 + n])
+
+    def with_header(**change):
+        h = json.dumps({**head, **change}).encode()
+        return struct.pack("<I", len(h)) + h + data[4 + n :]
+
+    cases = {
+        "index_bits0": (with_header(index_bits=0), "inconsistent"),
+        "huge_k": (with_header(k=10**9), "inconsistent"),  # would allocate 16 GB
+        "huge_k_wide": (with_header(k=10**9, index_bits=30), "size does not match"),
+        "huge_blocks": (with_header(n_blocks=10**10), "size does not match"),
+        "truncated": (data[:-5], "size does not match"),
+        "header_len": (struct.pack("<I", 2**31) + data[4:], "header length"),
+        "not_json": (struct.pack("<I", 3) + b"{x}" + data[4 + n :], "not JSON"),
+        "foreign": (b"\x00\x01", "too short"),
+    }
+    fresh = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5))
+    before = [p.detach().clone() for p in fresh.parameters()]
+    for label, (blob, match) in cases.items():
+        p = tmp_path / f"{label}.momos"
+        p.write_bytes(blob)
+        with pytest.raises(CheckpointError, match=match):
+            load_compact(p, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+    with pytest.raises(CheckpointError, match="weight shape"):
+        load_compact(good, nn.Sequential(nn.Linear(30, 21), nn.ReLU(), nn.Linear(21, 5)))

@@ -366,32 +366,72 @@ def load_compact(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     """Set the targeted weights of ``model`` from :meth:`MoMosCompressor.export_compact`.
 
     Rebuilds the exact weights (the mosaic); with ``quant_bits`` the model's own
-    fake-quantization, if attached, applies on top as before. Returns ``model``.
+    fake-quantization, if attached, applies on top as before. Returns ``model``. Every
+    header field is checked against the file's size and the model before anything is
+    allocated or written: a malformed, truncated or foreign file raises
+    :class:`~fq_plugins.storage.CheckpointError` and leaves ``model`` untouched.
     """
-    from ..storage import unpack_bits
+    from ..engine.installers import default_installer
+    from ..storage import CheckpointError, unpack_bits
 
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<I", f.read(4))
-        head = json.loads(f.read(n))
-        if head.get("format") != "fq-momos/1":
-            raise ConfigError(f"{os.fspath(path)!r} is not an fq-plugins MoMos export")
-        s, k, nb = head["block_size"], head["k"], head["n_blocks"]
-        motifs = torch.frombuffer(bytearray(f.read(4 * k * s)), dtype=torch.float32).reshape(k, s)
-        idx = unpack_bits(f.read(), head["index_bits"], nb).astype("int64")
-    flat = motifs[torch.from_numpy(idx)].reshape(-1)
+    name_ = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {name_!r}: {exc.strerror or exc}") from None
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{name_!r} is not a valid fq-plugins MoMos export: {why}")
+
+    if len(data) < 4:
+        raise bad("too short")
+    (n,) = struct.unpack("<I", data[:4])
+    if n > min(len(data) - 4, 1 << 20):
+        raise bad("its header length exceeds the file")
+    try:
+        head = json.loads(data[4 : 4 + n])
+    except (ValueError, UnicodeDecodeError):
+        raise bad("its header is not JSON") from None
+    if not isinstance(head, dict) or head.get("format") != "fq-momos/1":
+        raise bad("no fq-momos/1 header")
+    try:
+        s, k, nb, width = (int(head[key]) for key in ("block_size", "k", "n_blocks", "index_bits"))
+        entries = [(str(m), [int(d) for d in shape]) for m, shape in head["modules"]]
+    except (KeyError, TypeError, ValueError):
+        raise bad("a header field is missing or not a number") from None
+    if s < 1 or k < 1 or nb < 1 or not 1 <= width <= 32 or (k > 1 and (1 << width) < k):
+        raise bad(f"block_size {s}, k {k}, n_blocks {nb}, index_bits {width} are inconsistent")
+    body = data[4 + n :]
+    motif_bytes = 4 * k * s
+    if len(body) != motif_bytes + math.ceil(nb * width / 8):
+        raise bad("its size does not match its header (truncated or padded)")
     modules = dict(model.named_modules())
-    offset = 0
-    for name, shape in head["modules"]:
-        if name not in modules:
-            raise ConfigError(f"the export names module {name!r}, which this model lacks")
-        from ..engine.installers import default_installer
-
-        raw = default_installer().original(modules[name], "weight")
+    raws = []
+    total = 0
+    for mname, shape in entries:
+        if mname not in modules:
+            raise CheckpointError(f"{name_!r} names module {mname!r}, which this model lacks")
+        raw = default_installer().original(modules[mname], "weight")
         if list(raw.shape) != shape:
-            raise ConfigError(
-                f"module {name!r} has weight shape {list(raw.shape)}; the export has {shape}"
+            raise CheckpointError(
+                f"{name_!r}: module {mname!r} has weight shape {list(raw.shape)}; the export has {shape}"
             )
-        cnt = raw.numel()
-        raw.copy_(flat[offset : offset + cnt].reshape(shape))
-        offset += cnt
+        raws.append(raw)
+        total += raw.numel()
+    if math.ceil(total / s) != nb:
+        raise bad(f"{nb} blocks of {s} do not cover the {total} weights of its modules")
+    motifs = torch.frombuffer(bytearray(body[:motif_bytes]), dtype=torch.float32).reshape(k, s)
+    if not bool(torch.isfinite(motifs).all()):
+        raise bad("a motif holds NaN or inf")
+    idx = unpack_bits(body[motif_bytes:], width, nb).astype("int64")
+    if int(idx.max()) >= k:
+        raise bad("an index points past the last motif")
+    flat = motifs[torch.from_numpy(idx)].reshape(-1)
+    offset = 0
+    with torch.no_grad():
+        for raw in raws:
+            cnt = raw.numel()
+            raw.copy_(flat[offset : offset + cnt].reshape(raw.shape))
+            offset += cnt
     return model
