@@ -219,6 +219,7 @@ class Compressor:
         self.installer: Installer | None = None
         self._final_codes: dict[str, QuantCodes] | None = None
         self._state: MethodState | None = None
+        self._state_host: torch.nn.Module | None = None
 
     # --- helpers for implementations -------------------------------------------------
 
@@ -266,9 +267,9 @@ class Compressor:
         return state
 
     def remove_state(self) -> None:
-        host = getattr(self, "_state_host", None)
-        if host is not None:
-            host._modules.pop(self._state_attr(), None)
+        """Take the :class:`MethodState` out of the model (the state object stays readable)."""
+        if self._state_host is not None:
+            self._state_host._modules.pop(self._state_attr(), None)
 
     @property
     def state(self) -> MethodState:
