@@ -266,7 +266,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # the table is the result: stdout, after the progress lines on stderr
         print(format_table(report.variants, metrics=recipe.fairness.metrics))
         print(f"report: {out}/report.json")
-    return 0
+    for f in report.failed_variants:
+        print(f"fq-plugins: variant {f['variant']!r} failed: {f['error']}", file=sys.stderr)
+    return 1 if report.failed_variants else 0
 
 
 def _signals_interrupt() -> None:

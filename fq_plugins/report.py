@@ -97,8 +97,12 @@ class RunReport:
     environment: dict[str, Any]
     variants: list[EvaluationReport] = dataclasses.field(default_factory=list)
     status: str = "running"
+    """``running``, ``ok``, ``partial`` (some variants failed: see ``failed_variants``),
+    ``failed`` or ``interrupted``."""
     error: str | None = None
     wall_seconds: float = 0.0
+    failed_variants: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    """``{"variant", "error"}`` of each compression pipeline that failed; the others ran."""
 
     def pepr(self) -> dict[str, dict[str, dict[str, float]]]:
         """PePR over the variants: ``{performance: {resource: {variant: value}}}``.
@@ -125,6 +129,7 @@ class RunReport:
             {
                 "name": self.name,
                 "status": self.status,
+                "failed_variants": self.failed_variants,
                 "error": self.error,
                 "wall_seconds": self.wall_seconds,
                 "conventions": {

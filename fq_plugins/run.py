@@ -30,7 +30,7 @@ from .energy.carbon import CarbonModel
 from .energy.tracker import EnergyPredictions, EnergyTracker, merge_readings, resolve_meters
 from .engine import FINALIZE_TOLERANCE, CompressionPipeline, Objective, build_report, fit
 from .engine import evaluate as engine_evaluate
-from .errors import ConfigError
+from .errors import ConfigError, FQError
 from .fairness.regularizers import RegularizerSpec
 from .fairness.table import GroupConfusion
 from .manager import FQPluginManager, get_plugin_manager
@@ -363,20 +363,26 @@ def _run_in(
         report.write(out)
         log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
         for vname, methods in variants.items():
-            rep = _run_variant(
-                vname,
-                methods,
-                model,
-                train,
-                test,
-                recipe,
-                pm,
-                tracker,
-                log,
-                carbon,
-                predictions,
-                out=out,
-            )
+            try:
+                rep = _run_variant(
+                    vname,
+                    methods,
+                    model,
+                    train,
+                    test,
+                    recipe,
+                    pm,
+                    tracker,
+                    log,
+                    carbon,
+                    predictions,
+                    out=out,
+                )
+            except FQError as exc:  # this variant failed (e.g. diverged): the others still run
+                report.failed_variants.append({"variant": vname, "error": str(exc)})
+                log(f"[{vname}] failed: {exc}; the report marks it failed, the run goes on")
+                report.write(out)
+                continue
             report.variants.append(rep)
             if any(lc.quantized for lc in rep.cost.layers):
                 png = plot_layer_bits(rep.cost, file_in(out, f"bits-{vname}", ".png"), vname)
@@ -384,7 +390,7 @@ def _run_in(
                     log("note: per-layer bit plots need matplotlib: pip install 'fq-plugins[plot]'")
             pm.on_evaluation(rep)
             report.write(out)
-        report.status = "ok"
+        report.status = "partial" if report.failed_variants else "ok"
     except BaseException as exc:
         report.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         report.error = f"{type(exc).__name__}: {exc}"
@@ -473,6 +479,11 @@ def _run_variant(
         log(f"[{vname}] stage {label[1:]}/{len(pipe.stages)} finalized ({names})")
 
     _, fake_logits = evaluate(model, test)
+    if not bool(torch.isfinite(fake_logits).all()):
+        raise FQError(
+            f"[{vname}] the compressed model's outputs are not finite after fine-tuning "
+            "(NaN/inf weights); lower finetune.lr or set finetune.grad_clip"
+        )
     compact = pipe.export_compact(file_in(out, vname)) if out is not None else {}
 
     def finalize_and_eval() -> nn.Module:

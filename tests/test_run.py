@@ -50,9 +50,9 @@ def test_tiny_run_report(pm, tmp_path):
     assert load_recipe(str(tmp_path / "o" / "recipe.yaml"), plugin_manager=pm) == recipe
 
 
-def test_failure_keeps_partial_report(pm, tmp_path, monkeypatch):
-    """A failure during a later variant (here a fault injected into it) keeps the report of
-    everything before it; what can be checked is refused before training instead."""
+def test_a_failing_variant_is_marked_failed_and_the_others_still_run(pm, tmp_path, monkeypatch):
+    """A failure inside one variant (here a fault injected into it) marks that variant
+    failed in the report; the variants after it still run and are reported."""
     import fq_plugins.run as run_module
 
     real = run_module._run_variant
@@ -64,12 +64,33 @@ def test_failure_keeps_partial_report(pm, tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_module, "_run_variant", faulty)
     recipe = load_recipe(
-        {**TINY, "compare": {"bad": [{"method": "uniform", "bits": 2}]}}, plugin_manager=pm
+        {
+            **TINY,
+            "compare": {"bad": [{"method": "uniform", "bits": 2}], "after": [{"method": "uniform", "bits": 3}]},
+        },
+        plugin_manager=pm,
     )
-    with pytest.raises(ConfigError, match=r"compare.bad\[0\].targets"):
+    report, _ = run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=lambda m: None)
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert data["status"] == "partial" and report.status == "partial"
+    assert data["failed_variants"] == [
+        {"variant": "bad", "error": "compare.bad[0].targets: injected fault"}
+    ]
+    assert [v["variant"] for v in data["variants"]] == ["fp32", "uniform-4", "after"]
+
+
+def test_an_exception_outside_a_variant_keeps_the_partial_report(pm, tmp_path, monkeypatch):
+    import fq_plugins.run as run_module
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(run_module, "plot_layer_bits", broken_plot)
+    recipe = load_recipe(TINY, plugin_manager=pm)
+    with pytest.raises(RuntimeError, match="disk on fire"):
         run(recipe, plugin_manager=pm, output_dir=str(tmp_path / "o"), log=lambda m: None)
     data = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert data["status"] == "failed" and "compare.bad[0].targets" in data["error"]
+    assert data["status"] == "failed" and "disk on fire" in data["error"]
     assert [v["variant"] for v in data["variants"]] == ["fp32", "uniform-4"]
 
 
@@ -118,3 +139,26 @@ def test_recipe_metrics_are_table_columns(tmp_path):
         cells = line.split()
         assert cells[0] == v.variant
         assert f"{v.metrics['eodd'].value:.4f}" in cells and f"{v.metrics['dp_gap'].value:.4f}" in cells
+
+
+def test_cli_exits_1_and_names_a_failed_variant(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import fq_plugins.run as run_module
+    from fq_plugins.cli import main
+
+    real = run_module._run_variant
+
+    def faulty(vname, *args, **kwargs):
+        if vname == "bad":
+            raise ConfigError("injected fault")
+        return real(vname, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_run_variant", faulty)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "compare": {"bad": [{"method": "uniform", "bits": 2}]}}))
+    monkeypatch.setenv("FQ_PLUGINS_AUTOLOAD", "0")
+    assert main(["run", str(path), "-o", str(tmp_path / "o"), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "variant 'bad' failed: injected fault" in captured.err
+    assert "uniform-4" in captured.out  # the table of what finished

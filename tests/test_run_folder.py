@@ -196,3 +196,4 @@ def test_what_would_fail_after_training_fails_before_it(tmp_path, override, matc
         run(recipe, output_dir=str(tmp_path / "o"), log=logs.append)
     assert not any("[train] epoch" in line for line in logs)  # no training was spent
     assert not (tmp_path / "o").exists()
+
