@@ -207,13 +207,18 @@ def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 setattr(mod, k, new)
 
 
-def _read_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
-    name = os.fspath(path)
+def read_checkpoint_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes; an unreadable file is a :class:`CheckpointError` naming it."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as exc:
-        raise CheckpointError(f"cannot read {name!r}: {exc.strerror or exc}") from None
+        raise CheckpointError(f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from None
+
+
+def _read_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
+    name = os.fspath(path)
+    data = read_checkpoint_bytes(path)
     if not data.startswith(MAGIC):
         raise CheckpointError(f"{name!r} is not an fq-plugins compressed checkpoint ({FORMAT})")
     head = len(MAGIC) + 32

@@ -372,14 +372,10 @@ def load_compact(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     :class:`~fq_plugins.storage.CheckpointError` and leaves ``model`` untouched.
     """
     from ..engine.installers import default_installer
-    from ..storage import CheckpointError, unpack_bits
+    from ..storage import CheckpointError, read_checkpoint_bytes, unpack_bits
 
     name_ = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {name_!r}: {exc.strerror or exc}") from None
+    data = read_checkpoint_bytes(path)
 
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"{name_!r} is not a valid fq-plugins MoMos export: {why}")
