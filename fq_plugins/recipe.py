@@ -144,6 +144,17 @@ class FairnessSpec(_Strict):
         description="Undefined rates (a group with no example of a class): nan | zero | skip; "
         "passed to every metric that accepts `undefined`.",
     )
+    pos_label: int = Field(
+        1,
+        ge=0,
+        description="Binary tasks: the positive class of the rate metrics (fairlearn's pos_label); "
+        "passed to every metric that accepts `pos_label`.",
+    )
+
+    @property
+    def metric_options(self) -> dict[str, Any]:
+        """The options every metric that accepts them is built with (``undefined``, ``pos_label``)."""
+        return {"undefined": self.undefined, "pos_label": self.pos_label}
 
     @field_validator("undefined")
     @classmethod

@@ -350,7 +350,7 @@ def _run_in(
             model_cost(model, {}, example_input=example),
             {**e_train, **e_eval},
             time.perf_counter() - t0,
-            metric_options={"undefined": recipe.fairness.undefined},
+            metric_options=recipe.fairness.metric_options,
             carbon=carbon,
             prediction=predictions.finish("train", e_train),
         )
@@ -505,7 +505,7 @@ def _run_variant(
         energy,
         time.perf_counter() - t0,
         diff,
-        metric_options={"undefined": recipe.fairness.undefined},
+        metric_options=recipe.fairness.metric_options,
         carbon=carbon,
         prediction=predictions.finish(phase, e_stage) if predictions else None,
     )

@@ -635,7 +635,7 @@ class FQCallback(TrainerCallback):
             energy,
             time.perf_counter() - self._t0,
             pipe.max_diff,
-            metric_options={"undefined": self.recipe.fairness.undefined},
+            metric_options=self.recipe.fairness.metric_options,
             carbon=self.recipe.energy.carbon.model(),
         )
         rep.method_stats = [{"method": st.method, **st.extra} for st in pipe.stats()]
