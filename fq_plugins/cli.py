@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,21 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with -o: replace the files of a previous run in that folder",
     )
-    r.add_argument("--seed", type=int, help="override recipe seed")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="with -o: continue the run in that folder (same recipe; more --seeds allowed), "
+        "skipping every finished (variant, seed)",
+    )
+    seed = r.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, help="override recipe seed")
+    seed.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="run every variant once per seed and report mean ± std (e.g. --seeds 0 1 2)",
+    )
     r.add_argument("--epochs", type=int, help="override train.epochs")
     r.add_argument("--finetune-epochs", type=int, help="override finetune.epochs")
     r.add_argument(
@@ -222,6 +237,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = _parse_set(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if args.resume and not args.output:
+        raise FQError("--resume needs the run folder to continue: fq-plugins run --resume -o DIR")
+    if args.resume and args.overwrite:
+        raise FQError("--resume continues a run folder and --overwrite replaces it; choose one")
     if args.epochs is not None:
         overrides["train.epochs"] = args.epochs
     if args.finetune_epochs is not None:
@@ -236,24 +257,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .run import make_output_dir
 
-    if args.output:
+    if args.output and not args.resume:
         from .run_folder import prepare_folder
 
         prepare_folder(args.output, overwrite=args.overwrite)  # before any training
     out = args.output or make_output_dir(recipe.output.dir, recipe.name)
     _signals_interrupt()
+    t_start = time.time()
+
+    def written_now(path: str) -> bool:  # a report this invocation wrote (not a resumed one's)
+        return os.path.exists(path) and os.path.getmtime(path) >= t_start - 1e-3
+
     try:
         report, out = run(
-            recipe, plugin_manager=pm, output_dir=out, log=log, overwrite=args.overwrite
+            recipe,
+            plugin_manager=pm,
+            output_dir=out,
+            log=log,
+            overwrite=args.overwrite,
+            resume=args.resume,
         )
     except KeyboardInterrupt:
         partial = os.path.join(out, "report.json")
-        if os.path.exists(partial):
+        if written_now(partial):
             print(f"fq-plugins: partial report (status 'interrupted'): {partial}", file=sys.stderr)
         raise
     except FQError as exc:
         partial = os.path.join(out, "report.json")
-        if os.path.exists(partial):
+        if written_now(partial):
             raise FQError(f"{exc}\npartial report (status 'failed'): {partial}") from None
         if not args.output and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)  # failed before writing anything: leave no empty folder
@@ -264,10 +295,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .report import format_table
 
         # the table is the result: stdout, after the progress lines on stderr
-        print(format_table(report.variants, metrics=recipe.fairness.metrics))
+        print(format_table(report.variant_dicts(), metrics=recipe.fairness.metrics))
         print(f"report: {out}/report.json")
     for f in report.failed_variants:
-        print(f"fq-plugins: variant {f['variant']!r} failed: {f['error']}", file=sys.stderr)
+        seed = f" (seed {f['seed']})" if len(report.seeds) > 1 else ""
+        print(f"fq-plugins: variant {f['variant']!r}{seed} failed: {f['error']}", file=sys.stderr)
     return 1 if report.failed_variants else 0
 
 

@@ -355,7 +355,7 @@ class CompressionRecipe(_Strict):
 
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
 
-RUN_ONLY_KEYS = ("name", "seed", "data", "model", "train", "compare", "finetune", "output")
+RUN_ONLY_KEYS = ("name", "seed", "seeds", "data", "model", "train", "compare", "finetune", "output")
 """Recipe sections only ``fq-plugins run`` reads (its data, model and training loop)."""
 
 
@@ -365,6 +365,13 @@ class Recipe(CompressionRecipe):
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="Run every variant once per seed (data split, initialisation, training) "
+        "and report mean ± std; replaces `seed`.",
+    )
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -379,7 +386,11 @@ class Recipe(CompressionRecipe):
             return v
         out = {}
         for name, methods in v.items():
-            if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name) or name in (".", ".."):
+            if (
+                not isinstance(name, str)
+                or not _VARIANT_NAME.fullmatch(name)
+                or name in (".", "..")
+            ):
                 raise ConfigError(
                     f"variant name {name!r} is not allowed: it names files in the run folder, so "
                     "use 1–100 letters, digits and _ . + - (no '/', no spaces), e.g. 'uniform-4'",
@@ -387,6 +398,20 @@ class Recipe(CompressionRecipe):
                 )
             out[name] = _validate_methods(methods, info, f"compare.{name}")
         return out
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            dup = sorted({s for s in v if v.count(s) > 1})
+            if dup:
+                raise ValueError(f"seeds repeat {dup}; give each seed once, e.g. [0, 1, 2]")
+        return v
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds a run uses: ``seeds``, or ``[seed]``."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
     def variants(self) -> dict[str, list[MethodConfig]]:
         """Named pipelines to evaluate: the main ``compress`` (named after its methods) first."""
@@ -687,7 +712,9 @@ def load_compression_recipe(
             f"a recipe must be a mapping of sections (compress, fairness, energy); got {type(data).__name__}"
         )
     if any(k in data for k in RUN_ONLY_KEYS):
-        return load_recipe(source if not isinstance(source, dict) else dict(data), plugin_manager=pm)
+        return load_recipe(
+            source if not isinstance(source, dict) else dict(data), plugin_manager=pm
+        )
     try:
         return CompressionRecipe.model_validate(data, context={"plugin_manager": pm})
     except ValidationError as exc:

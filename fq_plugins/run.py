@@ -12,9 +12,11 @@ import copy
 import dataclasses
 import datetime as _dt
 import functools
+import json
 import os
 import platform
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -251,145 +253,203 @@ def run(
     output_dir: str | None = None,
     log: Log = stderr_log,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> tuple[RunReport, str]:
     """Run the whole job; returns the report and the folder it was written to.
 
-    ``output_dir`` must be new or empty (``overwrite=True`` replaces a previous run's files
-    there); a second run into a folder in use fails. On an error after the output folder
-    exists, the partial report (status ``failed``, or ``interrupted`` for Ctrl-C / SIGTERM)
-    is written before the exception propagates.
+    Every variant runs once per seed of ``recipe.seed_list``. ``output_dir`` must be new or
+    empty (``overwrite=True`` replaces a previous run's files there; ``resume=True``
+    continues the run in it, skipping every finished (variant, seed) pair); a second run
+    into a folder in use fails. On an error after the output folder exists, the partial
+    report (status ``failed``, or ``interrupted`` for Ctrl-C / SIGTERM) is written before
+    the exception propagates.
     """
     pm = plugin_manager or get_plugin_manager()
     t_run = time.perf_counter()
-    torch.manual_seed(recipe.seed)
+    if overwrite and resume:
+        raise ConfigError("--resume continues a run folder and --overwrite replaces it; choose one")
+    if resume and output_dir is None:
+        raise ConfigError("--resume needs the run folder to continue: give it with -o DIR")
+    seeds = recipe.seed_list
+    torch.manual_seed(seeds[0])
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     variants = recipe.variants()  # checks variant names before any work
-    train, test = build_datasets(recipe.data, recipe.seed)
-    check_recipe(recipe, train, pm, variants)  # everything that can fail, before training
+    first = build_datasets(recipe.data, seeds[0])
+    check_recipe(recipe, first[0], pm, variants)  # everything that can fail, before training
     carbon = recipe.energy.carbon.model()
     meters = resolve_meters(
         recipe.energy.meters, pm, log, {"country": carbon.country if carbon else None}
     )
     out = output_dir or make_output_dir(recipe.output.dir, recipe.name)
-    prepare_folder(out, overwrite=overwrite)
+    prior = read_resumable(out, recipe) if resume else None
+    if prior is None:
+        prepare_folder(out, overwrite=overwrite)
     with locked(out):
-        return _run_in(recipe, pm, out, train, test, variants, carbon, meters, log, t_run)
+        return _run_in(recipe, pm, out, first, variants, carbon, meters, log, t_run, prior)
+
+
+_RESUME_IGNORED = ("seed", "seeds", "output")
+"""Recipe keys a resumed run may change (more seeds; where new runs go)."""
+
+
+def read_resumable(out: str, recipe: Recipe) -> dict[str, Any]:
+    """The report of the run in ``out`` that ``recipe`` continues (``--resume``).
+
+    :raises FQError: no readable report there, or it was made by a different recipe
+        (listing the keys that differ).
+    """
+    path = os.path.join(out, "report.json")
+    if not os.path.isfile(path):
+        raise FQError(
+            f"--resume: {out!r} holds no report.json, so there is no run to continue; "
+            "run without --resume to start one"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            prior = json.load(f)
+        if not isinstance(prior, dict) or not isinstance(prior.get("variants"), list):
+            raise ValueError("not a run report")
+    except (OSError, ValueError) as exc:
+        raise FQError(
+            f"--resume: cannot read {path!r} ({exc}); it is not a readable fq-plugins report — "
+            "start a new run, or --overwrite to replace this one"
+        ) from None
+    mine = recipe.model_dump(mode="json")
+    theirs = prior.get("recipe") or {}
+    differ = [
+        k
+        for k in dict.fromkeys([*mine, *theirs])
+        if k not in _RESUME_IGNORED and mine.get(k) != theirs.get(k)
+    ]
+    if differ:
+        raise FQError(
+            f"--resume: the run in {out!r} was made by a different recipe (these keys differ: "
+            f"{', '.join(differ)}); resume with the same recipe (only the seeds may change), "
+            "or start a new run"
+        )
+    return prior
+
+
+def _variant_seed(seed: int, vname: str) -> int:
+    """The global RNG seed of one (variant, seed) pair, so a variant's result depends
+    neither on the variants before it nor on whether the run was resumed."""
+    return (seed * 1_000_003 + zlib.crc32(vname.encode())) % (2**63)
 
 
 def _run_in(
     recipe: Recipe,
     pm: FQPluginManager,
     out: str,
-    train: GroupDataset,
-    test: GroupDataset,
+    first: tuple[GroupDataset, GroupDataset],
     variants: dict[str, list[MethodConfig]],
     carbon: CarbonModel | None,
     meters: list[Any],
     log: Log,
     t_run: float,
+    prior: dict[str, Any] | None = None,
 ) -> tuple[RunReport, str]:
     _write_text(
         os.path.join(out, "recipe.yaml"),
         yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False),
     )
-    dataset_info = {
-        "name": train.name,
-        "n_train": len(train),
-        "n_test": len(test),
-        "classes": train.class_names,
-        "groups": train.group_names,
-        "train_counts": train.counts(),
-        "test_counts": test.counts(),
-        "dropped_rows": train.dropped,
-        "input_shape": list(train.x.shape[1:]),
-    }
+    seeds = recipe.seed_list
+    restored = []
+    if prior is not None:
+        default_seed = int((prior.get("recipe") or {}).get("seed", 0))
+        for v in prior["variants"]:
+            restored.append({**v, "seed": int(v.get("seed", default_seed))})
+        seeds = list(dict.fromkeys([*(v["seed"] for v in restored), *seeds]))
     report = RunReport(
         name=recipe.name,
         recipe=recipe.model_dump(mode="json"),
-        dataset=dataset_info,
+        dataset=_dataset_info(*first),
         environment=_environment(),
+        seeds=seeds,
+        restored=restored,
     )
-    log(
-        f"fq-plugins run {recipe.name!r}: {train.name}, {len(train)} train / {len(test)} test, "
-        f"{train.n_classes} classes, groups {train.group_names} "
-        f"(test sizes {test.counts()['per_group']}); output {out}"
-    )
+    if prior is not None:
+        log(
+            f"resuming {out}: {len(restored)} finished (variant, seed) pair(s) kept; "
+            f"status was {prior.get('status')!r}"
+        )
     tracker = EnergyTracker(meters, pm, log)
     predictions = EnergyPredictions(tracker, carbon, log)
-    example = test.x[:1]
+    suffix = recipe.seeds is not None  # file names carry the seed when seeds are listed
     try:
-        model = _build_model(recipe, train)
-        t0 = time.perf_counter()
-        _, e_train = tracker.measure(
-            "train",
-            lambda: train_model(
-                model,
-                train,
-                epochs=recipe.train.epochs,
-                batch_size=recipe.train.batch_size,
-                lr=recipe.train.lr,
-                weight_decay=recipe.train.weight_decay,
-                grad_clip=recipe.train.grad_clip,
-                seed=recipe.seed,
-                pm=pm,
-                phase="train",
-                log=log,
-                on_epoch_end=predictions.callback("train", recipe.train.epochs),
-            ),
-        )
-        (table, _), e_eval = tracker.measure("eval:fp32", lambda: evaluate(model, test))
-        from .accounting import model_cost
-
-        fp32 = build_report(
-            "fp32",
-            [],
-            table,
-            recipe.fairness.metrics,
-            pm,
-            model_cost(model, {}, example_input=example),
-            {**e_train, **e_eval},
-            time.perf_counter() - t0,
-            metric_options=recipe.fairness.metric_options,
-            carbon=carbon,
-            prediction=predictions.finish("train", e_train),
-        )
-        fp32_path = os.path.join(out, "fp32.pt")
-        torch.save(model.state_dict(), fp32_path + ".tmp")
-        os.replace(fp32_path + ".tmp", fp32_path)
-        fp32.checkpoint = {"path": fp32_path, "file_bytes": os.path.getsize(fp32_path)}
-        report.variants.append(fp32)
-        pm.on_evaluation(fp32)
-        report.write(out)
-        log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
-        for vname, methods in variants.items():
-            try:
-                rep = _run_variant(
-                    vname,
-                    methods,
-                    model,
-                    train,
-                    test,
-                    recipe,
-                    pm,
-                    tracker,
-                    log,
-                    carbon,
-                    predictions,
-                    out=out,
-                )
-            except FQError as exc:  # this variant failed (e.g. diverged): the others still run
-                report.failed_variants.append({"variant": vname, "error": str(exc)})
-                log(f"[{vname}] failed: {exc}; the report marks it failed, the run goes on")
-                report.write(out)
+        for seed in recipe.seed_list:
+            todo = [v for v in ("fp32", *variants) if (v, seed) not in report.done()]
+            if not todo:
+                log(f"seed {seed}: every variant finished before; skipped")
                 continue
-            report.variants.append(rep)
-            if any(lc.quantized for lc in rep.cost.layers):
-                png = plot_layer_bits(rep.cost, file_in(out, f"bits-{vname}", ".png"), vname)
-                if png is None:
-                    log("note: per-layer bit plots need matplotlib: pip install 'fq-plugins[plot]'")
-            pm.on_evaluation(rep)
-            report.write(out)
+            train, test = (
+                first if seed == recipe.seed_list[0] else build_datasets(recipe.data, seed)
+            )
+            if len(recipe.seed_list) > 1:
+                report.datasets[str(seed)] = _dataset_info(train, test)
+            log(
+                f"fq-plugins run {recipe.name!r}"
+                f"{f' seed {seed}' if len(recipe.seed_list) > 1 else ''}: {train.name}, "
+                f"{len(train)} train / {len(test)} test, {train.n_classes} classes, groups "
+                f"{train.group_names} (test sizes {test.counts()['per_group']}); output {out}"
+            )
+            model = _fp32_model(
+                recipe,
+                pm,
+                out,
+                seed,
+                train,
+                test,
+                report,
+                tracker,
+                predictions,
+                carbon,
+                log,
+                suffix=suffix,
+            )
+            for vname, methods in variants.items():
+                if (vname, seed) in report.done():
+                    continue
+                torch.manual_seed(_variant_seed(seed, vname))
+                try:
+                    rep = _run_variant(
+                        vname,
+                        methods,
+                        model,
+                        train,
+                        test,
+                        recipe,
+                        pm,
+                        tracker,
+                        log,
+                        carbon,
+                        predictions,
+                        out=out,
+                        seed=seed,
+                        stem=f"{vname}-s{seed}" if suffix else vname,
+                    )
+                except FQError as exc:  # this variant failed (e.g. diverged): the others run
+                    report.failed_variants.append(
+                        {"variant": vname, "seed": seed, "error": str(exc)}
+                    )
+                    log(f"[{vname}] failed: {exc}; the report marks it failed, the run goes on")
+                    report.write(out)
+                    continue
+                report.variants.append(rep)
+                if any(lc.quantized for lc in rep.cost.layers):
+                    png = plot_layer_bits(
+                        rep.cost,
+                        file_in(
+                            out, f"bits-{vname}-s{seed}" if suffix else f"bits-{vname}", ".png"
+                        ),
+                        vname,
+                    )
+                    if png is None:
+                        log(
+                            "note: per-layer bit plots need matplotlib: pip install 'fq-plugins[plot]'"
+                        )
+                pm.on_evaluation(rep)
+                report.write(out)
         report.status = "partial" if report.failed_variants else "ok"
     except BaseException as exc:
         report.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -400,6 +460,96 @@ def _run_in(
         report.write(out)
     pm.on_run_end(report, out)
     return report, out
+
+
+def _dataset_info(train: GroupDataset, test: GroupDataset) -> dict[str, Any]:
+    return {
+        "name": train.name,
+        "n_train": len(train),
+        "n_test": len(test),
+        "classes": train.class_names,
+        "groups": train.group_names,
+        "train_counts": train.counts(),
+        "test_counts": test.counts(),
+        "dropped_rows": train.dropped,
+        "input_shape": list(train.x.shape[1:]),
+    }
+
+
+def _fp32_model(
+    recipe: Recipe,
+    pm: FQPluginManager,
+    out: str,
+    seed: int,
+    train: GroupDataset,
+    test: GroupDataset,
+    report: RunReport,
+    tracker: EnergyTracker,
+    predictions: EnergyPredictions,
+    carbon: CarbonModel | None,
+    log: Log,
+    *,
+    suffix: bool,
+) -> nn.Module:
+    """The seed's trained FP32 model: trained and reported now, or (resumed) loaded from
+    the checkpoint an earlier invocation saved."""
+    torch.manual_seed(seed)
+    model = _build_model(recipe, train)
+    if ("fp32", seed) in report.done():
+        saved = next(v for v in report.restored if v["variant"] == "fp32" and v["seed"] == seed)
+        path = (saved.get("checkpoint") or {}).get("path")
+        if path and os.path.isfile(path):
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            log(f"[fp32] seed {seed}: loaded the finished FP32 model from {path}")
+            return model
+        # its weights are gone: train again (the same seed gives the same model)
+        report.restored.remove(saved)
+        log(f"[fp32] seed {seed}: the saved FP32 weights are missing; training again")
+    example = test.x[:1]
+    t0 = time.perf_counter()
+    _, e_train = tracker.measure(
+        "train",
+        lambda: train_model(
+            model,
+            train,
+            epochs=recipe.train.epochs,
+            batch_size=recipe.train.batch_size,
+            lr=recipe.train.lr,
+            weight_decay=recipe.train.weight_decay,
+            grad_clip=recipe.train.grad_clip,
+            seed=seed,
+            pm=pm,
+            phase="train",
+            log=log,
+            on_epoch_end=predictions.callback("train", recipe.train.epochs),
+        ),
+    )
+    (table, _), e_eval = tracker.measure("eval:fp32", lambda: evaluate(model, test))
+    from .accounting import model_cost
+
+    fp32 = build_report(
+        "fp32",
+        [],
+        table,
+        recipe.fairness.metrics,
+        pm,
+        model_cost(model, {}, example_input=example),
+        {**e_train, **e_eval},
+        time.perf_counter() - t0,
+        metric_options=recipe.fairness.metric_options,
+        carbon=carbon,
+        prediction=predictions.finish("train", e_train),
+    )
+    fp32.seed = seed
+    fp32_path = file_in(out, f"fp32-s{seed}" if suffix else "fp32", ".pt")
+    torch.save(model.state_dict(), fp32_path + ".tmp")
+    os.replace(fp32_path + ".tmp", fp32_path)
+    fp32.checkpoint = {"path": fp32_path, "file_bytes": os.path.getsize(fp32_path)}
+    report.variants.append(fp32)
+    pm.on_evaluation(fp32)
+    report.write(out)
+    log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
+    return model
 
 
 def _run_variant(
@@ -416,10 +566,14 @@ def _run_variant(
     predictions: EnergyPredictions | None = None,
     *,
     out: str | None = None,
+    seed: int | None = None,
+    stem: str | None = None,
 ) -> EvaluationReport:
     """One compression pipeline on a copy of the FP32 model: the engine's stages, trained
     with :func:`~fq_plugins.engine.fit`, each phase measured, then the report."""
     t0 = time.perf_counter()
+    seed = recipe.seed if seed is None else seed
+    stem = stem or vname
     model = copy.deepcopy(fp32_model)
     key = "compress" if vname not in recipe.compare else f"compare.{vname}"
     ctx = AttachContext(
@@ -427,7 +581,7 @@ def _run_variant(
             train,
             recipe.train.batch_size,
             shuffle=True,
-            generator=torch.Generator().manual_seed(recipe.seed),
+            generator=torch.Generator().manual_seed(seed),
         ),
         group_key=recipe.fairness.group_key,
         n_groups=train.n_groups,
@@ -457,7 +611,7 @@ def _run_variant(
                 lr=ft.lr,
                 weight_decay=ft.weight_decay,
                 grad_clip=ft.grad_clip,
-                seed=recipe.seed + 1,
+                seed=seed + 1,
                 session=session,
                 regularizer=recipe.fairness.regularizer,
                 pm=pm,
@@ -484,7 +638,7 @@ def _run_variant(
             f"[{vname}] the compressed model's outputs are not finite after fine-tuning "
             "(NaN/inf weights); lower finetune.lr or set finetune.grad_clip"
         )
-    compact = pipe.export_compact(file_in(out, vname)) if out is not None else {}
+    compact = pipe.export_compact(file_in(out, stem)) if out is not None else {}
 
     def finalize_and_eval() -> nn.Module:
         return pipe.finalize(model, probe, reference=fake_logits)
@@ -509,11 +663,12 @@ def _run_variant(
         carbon=carbon,
         prediction=predictions.finish(phase, e_stage) if predictions else None,
     )
+    rep.seed = seed
     rep.method_stats = [{"method": st.method, **st.extra} for st in pipe.stats()]
     for line in pipe.summaries():
         log(f"[{vname}] {line}")
     if out is not None:
-        saved = pipe.save(final, file_in(out, vname, ".fqz"))
+        saved = pipe.save(final, file_in(out, stem, ".fqz"))
         rep.checkpoint = {**dataclasses.asdict(saved), "compact_exports": compact}
         if saved.float_layers:
             log(

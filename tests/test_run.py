@@ -74,7 +74,7 @@ def test_a_failing_variant_is_marked_failed_and_the_others_still_run(pm, tmp_pat
     data = json.loads((tmp_path / "o" / "report.json").read_text())
     assert data["status"] == "partial" and report.status == "partial"
     assert data["failed_variants"] == [
-        {"variant": "bad", "error": "compare.bad[0].targets: injected fault"}
+        {"variant": "bad", "seed": 0, "error": "compare.bad[0].targets: injected fault"}
     ]
     assert [v["variant"] for v in data["variants"]] == ["fp32", "uniform-4", "after"]
 
