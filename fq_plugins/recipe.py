@@ -85,6 +85,9 @@ class DataSpec(_Strict):
     group: GroupSpec | None = Field(None, description="For source npz: the group column.")
     x_key: str = "x"
     y_key: str = "y"
+    layout: Literal["auto", "nhwc", "nchw"] = Field(
+        "auto", description="For source npz: image axes; auto tells them by the square axes."
+    )
     test_fraction: float = Field(0.25, gt=0, lt=1)
     max_examples: int | None = Field(None, ge=10, description="Stratified subsample first.")
     normalize: bool = Field(True, description="Standardize channels with train statistics.")

@@ -75,7 +75,7 @@ def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDatase
     else:
         assert spec.path is not None and spec.group is not None  # the recipe validator checked
         path = os.path.expanduser(os.path.expandvars(spec.path))
-        ds = load_npz(path, spec.group, x_key=spec.x_key, y_key=spec.y_key)
+        ds = load_npz(path, spec.group, x_key=spec.x_key, y_key=spec.y_key, layout=spec.layout)
     if spec.max_examples is not None and spec.max_examples < len(ds):
         _, ds = stratified_split(ds, spec.max_examples / len(ds), seed + 1)
     train, test = stratified_split(ds, spec.test_fraction, seed)
