@@ -14,8 +14,9 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from ._config import StrictConfig
 from .targets import Target, TargetSpec
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ __all__ = [
 # --- compressors --------------------------------------------------------------------
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(StrictConfig):
     """Base of every compressor's ``Config``: one item of the recipe's ``compress`` list.
 
     Unknown keys are errors (``extra="forbid"``) so a misspelt key never passes silently.
@@ -449,7 +450,7 @@ class EnergyReading:
         return _json_safe(d)
 
 
-class MeterConfig(BaseModel):
+class MeterConfig(StrictConfig):
     """Base of every energy meter's ``Config``: one item of the recipe's ``energy.meters``.
 
     A recipe item is a name (``cpu_time``: every option at its default) or a mapping of

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._config import StrictConfig
 from .data.npz import GroupSpec
 from .errors import ConfigError, close_matches
 from .fairness.regularizers import RegularizerSpec
@@ -60,7 +61,7 @@ SCHEMA_VERSION = 1
 """The recipe schema this fq-plugins reads (the recipe's ``version`` key)."""
 
 
-class _Strict(BaseModel):
+class _Strict(StrictConfig):
     # frozen: after validation no value can change, so nothing unvalidated reaches the code
     model_config = ConfigDict(extra="forbid", frozen=True)
 

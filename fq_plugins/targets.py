@@ -6,8 +6,9 @@ import fnmatch
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from ._config import StrictConfig
 from .errors import ConfigError
 
 __all__ = ["MODULE_TYPES", "WEIGHT_LAYER_TYPES", "Target", "TargetSpec", "select_targets"]
@@ -58,7 +59,7 @@ def _default_types() -> list[ModuleType]:
     return ["conv", "linear"]
 
 
-class TargetSpec(BaseModel):
+class TargetSpec(StrictConfig):
     """Selects modules by type and by name.
 
     ``include`` and ``ignore`` are :mod:`fnmatch` globs over the dotted module names of

@@ -14,15 +14,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from .._config import StrictConfig
 from ..errors import ConfigError
 from .base import GroupDataset
 
 __all__ = ["GroupSpec", "load_npz"]
 
 
-class GroupSpec(BaseModel):
+class GroupSpec(StrictConfig):
     """How to turn an array of the file into group ids.
 
     ``threshold``: numeric column, group 1 where ``value >= threshold`` (NaN dropped).
