@@ -257,6 +257,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .run import make_output_dir
 
+    created = bool(args.output) and not os.path.exists(args.output)
     if args.output and not args.resume:
         from .run_folder import prepare_folder
 
@@ -286,7 +287,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         partial = os.path.join(out, "report.json")
         if written_now(partial):
             raise FQError(f"{exc}\npartial report (status 'failed'): {partial}") from None
-        if not args.output and os.path.isdir(out) and not os.listdir(out):
+        if (created or not args.output) and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)  # failed before writing anything: leave no empty folder
         raise
     if args.json:

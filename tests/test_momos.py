@@ -200,3 +200,13 @@ def test_a_damaged_or_crafted_export_is_refused_before_anything_is_allocated(tmp
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
     with pytest.raises(CheckpointError, match="weight shape"):
         load_compact(good, nn.Sequential(nn.Linear(30, 21), nn.ReLU(), nn.Linear(21, 5)))
+
+
+def test_a_block_larger_than_the_weights_is_refused_at_attach():
+    """block_size bounds what MoMos allocates (k × s motifs): 1e8 would write 400 MB for
+    a model of a few thousand weights; refused at attach, before any training."""
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))  # 8 weights
+    with pytest.raises(ConfigError, match=r"block_size = 9 is larger than the 8 weights"):
+        CompressionSession.from_configs([{"method": "momos", "block_size": 9}]).attach(model)
+    with pytest.raises(ValidationError, match="less than or equal to 65536"):
+        MoMosConfig(method="momos", block_size=10**8)

@@ -139,7 +139,7 @@ def complexity_report(weights: Sequence[torch.Tensor]) -> dict[str, Any]:
 class MoMosConfig(MethodConfig):
     """``method: momos``: block size ``s`` and ``k`` motifs (or ``capacity``)."""
 
-    block_size: int = Field(4, description="Block size s (> 0).")
+    block_size: int = Field(4, le=65536, description="Block size s (> 0, ≤ the targeted weights).")
     k: int | None = Field(None, description="Number of motifs; or give capacity.")
     capacity: float | None = Field(
         None, description="k = max(1, min(int(capacity·N), N)); in (0, 1]."
@@ -200,6 +200,12 @@ class MoMosCompressor(Compressor):
         self.attached = [(t[0], t[1]) for t in targets]
         self._params = [getattr(t, "param", "weight") for t in targets]
         n = sum(self._raw(m, p).numel() for (_, m), p in zip(self.attached, self._params, strict=True))
+        if self.config.block_size > n:
+            raise ConfigError(
+                f"block_size = {self.config.block_size} is larger than the {n} weights it "
+                f"would share; use a block size ≤ {n} (motifs of 2–16 weights are typical)",
+                key="block_size",
+            )
         n_blocks = math.ceil(n / self.config.block_size)
         if self.config.k is not None:
             if self.config.k > n_blocks:
