@@ -118,7 +118,7 @@ def test_resolved_recipe_round_trips_through_json_and_yaml(tpm):
     assert dumped["energy"]["meters"] == [
         "auto",
         {"name": "wall", "watts": 10.0},
-        {"name": "rapl", "root": "/tmp/powercap", "poll_seconds": 0.5},
+        {"name": "rapl", "root": "/tmp/powercap", "poll_seconds": 0.5, "max_watts": 2000.0},
         {"name": "cpu_time", "watts_per_cpu": 3.0},
         {"name": "codecarbon", "country": "DNK", "measure_power_secs": 15.0},
         {"name": "nvml", "devices": [0, 2]},
@@ -226,7 +226,7 @@ def test_cli_validate_prints_meter_options_that_validate_again(tmp_path):
     resolved = json.loads(out.stdout)
     assert resolved["energy"]["meters"] == [
         "auto",
-        {"name": "rapl", "root": None, "poll_seconds": 2.0},
+        {"name": "rapl", "root": None, "poll_seconds": 2.0, "max_watts": 2000.0},
     ]
     again = tmp_path / "again.json"
     again.write_text(out.stdout)

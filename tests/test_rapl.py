@@ -133,6 +133,29 @@ def test_wrap_around(tree, monkeypatch):
     assert wrap_delta(10, 30, 100) == 20 and wrap_delta(90, 5, 100) == 15
 
 
+def test_a_counter_reset_is_not_taken_for_a_wrap(tree, monkeypatch):
+    """A counter that jumps backwards far from its top (reset by a driver reload or a VM
+    migration) would unwrap to ~262 kJ for a short phase: the implied power is impossible,
+    so the phase's figure is missing with the reason, never 262 kJ."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    zone(tree, "intel-rapl:0", "package-0", 5_000_000_000, max_range=MAX)
+    m = RaplMeter(tree, poll_seconds=None)
+    m.start()
+    set_uj(tree, "intel-rapl:0", 4_000_000_000)  # 1 kJ *below* where it was
+    with pytest.raises(
+        RuntimeError, match=r"went backwards .* max_watts 2000 W, so the counter was reset"
+    ):
+        m.stop()
+    # a generous max_watts accepts it as a wrap (the user's call on exotic hardware)
+    m = RaplMeter(tree, poll_seconds=None, max_watts=1e12)
+    m.start()
+    set_uj(tree, "intel-rapl:0", 3_000_000_000)
+    r = m.stop()
+    assert (
+        r.joules["cpu:0"] == (3_000_000_000 + MAX - 4_000_000_000) / 1e6 and r.details["wraps"] == 1
+    )
+
+
 def test_samples_accumulate_several_wraps(tree, monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     zone(tree, "intel-rapl:0", "package-0", 900, max_range=1000)

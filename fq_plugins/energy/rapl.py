@@ -206,6 +206,13 @@ class RaplConfig(MeterConfig):
         description="background sampling period (s) that keeps counter wrap-arounds "
         "detectable; 0 or null samples only at the start and end of each phase.",
     )
+    max_watts: float = Field(
+        2000.0,
+        gt=0,
+        description="A counter below its previous value is taken as a wrap-around only if the "
+        "unwrapped energy means at most this average power per zone; otherwise the counter was "
+        "reset (driver reload, VM migration) and the phase's figure is missing.",
+    )
 
 
 class RaplMeter(EnergyMeter):
@@ -232,10 +239,13 @@ class RaplMeter(EnergyMeter):
         *,
         poll_seconds: float | None = 10.0,
         local_rank: int | None = None,
+        max_watts: float = 2000.0,
     ) -> None:
         super().__init__(
             self.make_config(
-                root=None if root is None else os.fspath(root), poll_seconds=poll_seconds
+                root=None if root is None else os.fspath(root),
+                poll_seconds=poll_seconds,
+                max_watts=max_watts,
             )
         )
         self.root = powercap_root(self.config.root)
@@ -243,6 +253,7 @@ class RaplMeter(EnergyMeter):
         self.local_rank = _local_rank() if local_rank is None else local_rank
         self._domains: list[RaplDomain] = []
         self._last: dict[str, int] = {}
+        self._t_last = 0.0
         self._acc: dict[str, int] = {}
         self._wraps = 0
         self._t0: float | None = None
@@ -290,13 +301,26 @@ class RaplMeter(EnergyMeter):
         """Read every counter now and add the deltas since the previous read (µJ)."""
         with self._lock:
             now = self._read_all()
+            t = time.perf_counter()
+            dt = t - self._t_last
             for d in self._domains:
                 prev = self._last[d.label]
                 cur = now[d.label]
+                delta = wrap_delta(prev, cur, d.max_range_uj)
                 if cur < prev:
+                    watts = delta / 1e6 / max(dt, 1e-9)
+                    if watts > self.config.max_watts:
+                        raise RuntimeError(
+                            f"RAPL counter {d.energy_file} went backwards ({prev} → {cur} µJ) "
+                            f"{dt:.3g} s after the previous reading; as a wrap-around that "
+                            f"would be {delta / 1e6:.4g} J, i.e. {watts:.4g} W > max_watts "
+                            f"{self.config.max_watts:g} W, so the counter was reset (driver "
+                            "reload, VM migration) and this phase's energy cannot be measured"
+                        )
                     self._wraps += 1
-                self._acc[d.label] += wrap_delta(prev, cur, d.max_range_uj)
+                self._acc[d.label] += delta
                 self._last[d.label] = cur
+            self._t_last = t
 
     def _poll(self) -> None:
         assert self.poll_seconds is not None
@@ -317,6 +341,7 @@ class RaplMeter(EnergyMeter):
         if not self._domains:
             raise FQError(self.probe().reason)
         self._last = self._read_all()
+        self._t_last = time.perf_counter()
         self._acc = {d.label: 0 for d in self._domains}
         if self.poll_seconds is not None and self.poll_seconds > 0:
             self._stop_evt.clear()
