@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -15,7 +14,6 @@ from typing import Any
 from .accounting import BITS_CONVENTION, ModelCost
 from .energy.carbon import CarbonEstimate
 from .energy.pepr import pepr_by_name
-from .errors import FQError
 from .protocols import EnergyReading, MetricResult, _json_safe
 
 __all__ = ["PEPR_PERFORMANCE", "PEPR_RESOURCES", "EvaluationReport", "RunReport", "format_table"]
@@ -301,15 +299,9 @@ class RunReport:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise FQError(f"could not write {path!r}: {exc.strerror or exc}") from None
+    from .run_folder import atomic_write
+
+    atomic_write(path, text)
 
 
 def results_csv(variants: Sequence[dict[str, Any]]) -> str:

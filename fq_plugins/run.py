@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import datetime as _dt
 import functools
+import io
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ from .plots import plot_layer_bits
 from .protocols import AttachContext, EnergyReading, MethodConfig
 from .recipe import DataSpec, Recipe
 from .report import EvaluationReport, RunReport
-from .run_folder import file_in, locked, prepare_folder
+from .run_folder import atomic_write, file_in, locked, prepare_folder
 from .session import CompressionSession
 
 __all__ = [
@@ -229,10 +230,7 @@ def _check_recipe(
 
 def _write_text(path: str, text: str) -> None:
     """Write ``path`` atomically (a crash mid-write never leaves half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def make_output_dir(parent: str, name: str) -> str:
@@ -542,8 +540,9 @@ def _fp32_model(
     )
     fp32.seed = seed
     fp32_path = file_in(out, f"fp32-s{seed}" if suffix else "fp32", ".pt")
-    torch.save(model.state_dict(), fp32_path + ".tmp")
-    os.replace(fp32_path + ".tmp", fp32_path)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write(fp32_path, buf.getvalue())
     fp32.checkpoint = {"path": fp32_path, "file_bytes": os.path.getsize(fp32_path)}
     report.variants.append(fp32)
     pm.on_evaluation(fp32)

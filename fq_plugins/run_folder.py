@@ -18,10 +18,13 @@ from collections.abc import Iterator
 
 from .errors import FQError
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "file_in", "locked", "prepare_folder"]
+__all__ = ["LOCK_NAME", "RUN_FILES", "atomic_write", "file_in", "locked", "prepare_folder"]
 
 LOCK_NAME = ".fq-run.lock"
-RUN_FILES = re.compile(r"^(report\.json|recipe\.yaml|fp32\.pt|.+\.fqz|.+\.momos|bits-.+\.png)(\.tmp)?$")
+RUN_FILES = re.compile(
+    r"^(report\.json|report\.html|results\.csv|recipe\.yaml|fp32(-s-?\d+)?\.pt|.+\.fqz|.+\.momos"
+    r"|bits-.+\.png)(\.tmp)?$"
+)
 """Files a run writes; ``--overwrite`` removes exactly these."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
@@ -121,3 +124,28 @@ def file_in(folder: str, name: str, suffix: str = "") -> str:
     if os.path.dirname(os.path.realpath(path)) != root:
         raise FQError(f"refusing to write {path!r}: outside the run folder {folder!r}")
     return path
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> int:
+    """Write ``data`` to ``path`` through ``PATH.tmp`` and a rename, so a crash or a full
+    disk never leaves half a file (nor a ``.tmp``); returns the bytes written.
+
+    :raises FQError: the write failed — naming the file and why (e.g. no space left).
+    """
+    path = os.fspath(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise FQError(
+            f"could not write {path!r}: {exc.strerror or exc}"
+            + ("; free some space and rerun with --resume" if exc.errno == errno.ENOSPC else "")
+        ) from None
+    return len(raw)

@@ -14,7 +14,6 @@ into a model of the same architecture.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -150,15 +149,9 @@ def save_compressed(
     torch.save({"format": FORMAT, "layers": layers, "inputs": inputs, "rest": rest}, buf)
     payload = buf.getvalue()
     data = MAGIC + hashlib.sha256(payload).digest() + payload
-    tmp = f"{os.fspath(path)}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise FQError(f"cannot write {os.fspath(path)!r}: {exc.strerror or exc}") from None
+    from .run_folder import atomic_write
+
+    atomic_write(path, data)
     return SaveResult(os.fspath(path), len(data), sorted(layers), float_layers)
 
 

@@ -22,7 +22,9 @@ from fq_plugins.run_folder import LOCK_NAME, file_in, locked, prepare_folder
 from .conftest import TINY
 
 
-@pytest.mark.parametrize("name", ["../../../x/important", "/abs/path", "a/b", "..", "", "x" * 101, "a b"])
+@pytest.mark.parametrize(
+    "name", ["../../../x/important", "/abs/path", "a/b", "..", "", "x" * 101, "a b"]
+)
 def test_variant_names_that_are_not_file_names_are_refused(name):
     with pytest.raises(ConfigError, match=r"variant name .* is not allowed"):
         load_recipe({**TINY, "compare": {name: [{"method": "uniform", "bits": 2}]}})
@@ -165,7 +167,9 @@ def test_json_duplicate_keys_big_files_and_non_utf8_are_refused(tmp_path):
 
 
 def test_an_empty_test_split_is_refused_before_training(tmp_path):
-    recipe = load_recipe({**TINY, "data": {**TINY["data"], "max_examples": 10, "test_fraction": 0.05}})
+    recipe = load_recipe(
+        {**TINY, "data": {**TINY["data"], "max_examples": 10, "test_fraction": 0.05}}
+    )
     with pytest.raises(ConfigError, match="test split is empty"):
         run(recipe, output_dir=str(tmp_path / "o"), log=lambda s: None)
     assert not (tmp_path / "o").exists()  # nothing was written
@@ -173,7 +177,9 @@ def test_an_empty_test_split_is_refused_before_training(tmp_path):
 
 def test_a_diverged_training_stops_with_the_phase_and_the_fix(tmp_path):
     recipe = load_recipe({**TINY, "train": {"epochs": 2, "lr": 1e12}})
-    with pytest.raises(FQError, match=r"\[train\] the loss is not finite .* lower the learning rate"):
+    with pytest.raises(
+        FQError, match=r"\[train\] the loss is not finite .* lower the learning rate"
+    ):
         run(recipe, output_dir=str(tmp_path / "o"), log=lambda s: None)
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["status"] == "failed" and report["variants"] == []
@@ -182,11 +188,23 @@ def test_a_diverged_training_stops_with_the_phase_and_the_fix(tmp_path):
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ({"compress": [{"method": "uniform", "targets": {"include": ["nothing.*"]}}]}, r"compress\[0\]\.targets: matches no module"),
-        ({"compress": [{"method": "fairquant", "budget": {"avg_bits": 1.0}}]}, r"compress\[0\]\.budget\.avg_bits: avg_bits 1 cannot be met"),
+        (
+            {"compress": [{"method": "uniform", "targets": {"include": ["nothing.*"]}}]},
+            r"compress\[0\]\.targets: matches no module",
+        ),
+        (
+            {"compress": [{"method": "fairquant", "budget": {"avg_bits": 1.0}}]},
+            r"compress\[0\]\.budget\.avg_bits: avg_bits 1 cannot be met",
+        ),
         ({"model": {"kwargs": {"widht": 4}}}, r"model\.kwargs: 'small_cnn' does not accept"),
-        ({"compress": [{"method": "momos", "k": 10**8}]}, r"compress\[0\]\.k: k = 100000000 is larger"),
-        ({"compare": {"q": [{"method": "uniform", "bits": 4}, {"method": "fairquant"}]}}, r"already quantized"),
+        (
+            {"compress": [{"method": "momos", "k": 10**8}]},
+            r"compress\[0\]\.k: k = 100000000 is larger",
+        ),
+        (
+            {"compare": {"q": [{"method": "uniform", "bits": 4}, {"method": "fairquant"}]}},
+            r"already quantized",
+        ),
     ],
 )
 def test_what_would_fail_after_training_fails_before_it(tmp_path, override, match):
@@ -197,3 +215,52 @@ def test_what_would_fail_after_training_fails_before_it(tmp_path, override, matc
     assert not any("[train] epoch" in line for line in logs)  # no training was spent
     assert not (tmp_path / "o").exists()
 
+
+def test_a_full_disk_names_the_file_and_leaves_no_half_file(tmp_path, monkeypatch):
+    """ENOSPC while writing a variant's checkpoint: one FQError naming the file (and the
+    fix), no ``.tmp`` left, the report marks the variant failed and keeps the rest."""
+    import errno
+    import json
+
+    import fq_plugins.run_folder as rf
+    from fq_plugins.manager import get_plugin_manager
+    from fq_plugins.recipe import load_recipe
+    from fq_plugins.run import run
+
+    from .conftest import TINY
+
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])  # half of it lands, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if str(path).endswith(".fqz.tmp") else f
+
+    monkeypatch.setattr(rf, "open", fake_open, raising=False)
+    pm = get_plugin_manager()
+    out = tmp_path / "o"
+    report, _ = run(
+        load_recipe(TINY, plugin_manager=pm),
+        plugin_manager=pm,
+        output_dir=str(out),
+        log=lambda m: None,
+    )
+    data = json.loads((out / "report.json").read_text())
+    assert data["status"] == "partial" and [v["variant"] for v in data["variants"]] == ["fp32"]
+    (failed,) = data["failed_variants"]
+    assert "could not write" in failed["error"] and "uniform-4.fqz" in failed["error"]
+    assert "No space left on device; free some space and rerun with --resume" in failed["error"]
+    assert not list(out.glob("*.tmp")) and not (out / "uniform-4.fqz").exists()

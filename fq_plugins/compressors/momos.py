@@ -199,7 +199,9 @@ class MoMosCompressor(Compressor):
     ) -> None:
         self.attached = [(t[0], t[1]) for t in targets]
         self._params = [getattr(t, "param", "weight") for t in targets]
-        n = sum(self._raw(m, p).numel() for (_, m), p in zip(self.attached, self._params, strict=True))
+        n = sum(
+            self._raw(m, p).numel() for (_, m), p in zip(self.attached, self._params, strict=True)
+        )
         if self.config.block_size > n:
             raise ConfigError(
                 f"block_size = {self.config.block_size} is larger than the {n} weights it "
@@ -345,20 +347,28 @@ class MoMosCompressor(Compressor):
                 "n_blocks": self.n_blocks,
                 "index_bits": width,
                 "quant_bits": self.config.quant_bits,
-                "modules": [[n, list(r.shape)] for (n, _), r in zip(self.attached, raws, strict=True)],
+                "modules": [
+                    [n, list(r.shape)] for (n, _), r in zip(self.attached, raws, strict=True)
+                ],
             }
         ).encode()
-        with open(path, "wb") as f:
-            f.write(struct.pack("<I", len(header)))
-            f.write(header)
-            f.write(self.motifs.to(torch.float32).numpy().tobytes())
-            f.write(pack_bits(idx.numpy().astype("uint32"), width))
-        return os.path.getsize(path)
+        from ..run_folder import atomic_write
+
+        return atomic_write(
+            path,
+            struct.pack("<I", len(header))
+            + header
+            + self.motifs.to(torch.float32).numpy().tobytes()
+            + pack_bits(idx.numpy().astype("uint32"), width),
+        )
 
     def complexity(self) -> dict[str, Any]:
         """:func:`complexity_report` of the targeted (effective) weights."""
         return complexity_report(
-            [cast(torch.Tensor, getattr(m, p)) for (_, m), p in zip(self.attached, self._params, strict=True)]
+            [
+                cast(torch.Tensor, getattr(m, p))
+                for (_, m), p in zip(self.attached, self._params, strict=True)
+            ]
         )
 
     def finalize(self, model: nn.Module) -> nn.Module:
