@@ -69,7 +69,7 @@ class _Strict(StrictConfig):
 class SyntheticSpec(_Strict):
     """The embedded dataset's knobs (see :func:`fq_plugins.data.make_synthetic`)."""
 
-    n: int = Field(6000, ge=20)
+    n: int = Field(6000, ge=20, le=2_000_000)
     n_classes: int = Field(8, ge=2, le=100)
     image_size: int = Field(16, ge=4, le=256)
     minority_fraction: float = Field(0.2, gt=0, lt=1)
