@@ -236,6 +236,16 @@ PLUGINS: dict[str, BuiltinPlugin] = _by_name(
             name="random",
             description="Seeded random subset, stratified by class and (if given) group.",
         ),
+        LazyPlugin(
+            "fq_plugins.data.selectors:EL2NSelector",
+            name="el2n",
+            description="EL2N score after a short warm-up on the full set; keeps the hardest per stratum.",
+        ),
+        LazyPlugin(
+            "fq_plugins.data.selectors:KCenterSelector",
+            name="kcenter",
+            description="Greedy k-center on penultimate-layer embeddings after a short warm-up (O(N·D) memory).",
+        ),
     ),
 )
 """Built-in plugin name → plugin object, in registration order (``DEFAULT_PLUGINS``)."""
