@@ -290,6 +290,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if (created or not args.output) and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)  # failed before writing anything: leave no empty folder
         raise
+    from .engine.distributed import is_main
+
+    if not is_main():  # under torchrun every rank computes; rank 0 prints and writes
+        return 1 if report.failed_variants else 0
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -124,6 +124,12 @@ class TrainSpec(_Strict):
     threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads; default: all cores."
     )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$",
+        description="auto (CUDA when available, else CPU) | cpu | cuda | cuda:N | mps | xpu; "
+        "under torchrun, cuda is each rank's GPU (LOCAL_RANK).",
+    )
 
 
 class FinetuneSpec(_Strict):

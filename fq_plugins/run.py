@@ -33,6 +33,7 @@ from .energy.carbon import CarbonModel
 from .energy.tracker import EnergyPredictions, EnergyTracker, merge_readings, resolve_meters
 from .engine import FINALIZE_TOLERANCE, CompressionPipeline, Objective, build_report, fit
 from .engine import evaluate as engine_evaluate
+from .engine.distributed import init_from_env, is_main, rank_world, resolve_device
 from .errors import ConfigError, FQError
 from .fairness.regularizers import RegularizerSpec
 from .fairness.table import GroupConfusion
@@ -144,8 +145,16 @@ def train_model(
 def evaluate(
     model: nn.Module, data: GroupDataset, batch_size: int = 512
 ) -> tuple[GroupConfusion, torch.Tensor]:
-    """Group confusion table and logits of ``model`` on the whole of ``data`` (eval mode)."""
-    return engine_evaluate(model, data, batch_size=batch_size, all_reduce=False)
+    """Group confusion table and logits of ``model`` on the whole of ``data`` (eval mode).
+
+    Under DDP each rank evaluates its rows (``[rank::world]``) and the table is summed over
+    ranks, so every rank holds the whole test set's table; the logits are this rank's rows.
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return engine_evaluate(model, data, batch_size=batch_size, all_reduce=False)
+    mine = data.subset(torch.arange(rank, len(data), world))
+    return engine_evaluate(model, mine, batch_size=batch_size, all_reduce=True)
 
 
 # --- the pipeline --------------------------------------------------------------------
@@ -164,6 +173,7 @@ def _environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "world_size": rank_world()[1],
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -229,8 +239,15 @@ def _check_recipe(
 
 
 def _write_text(path: str, text: str) -> None:
-    """Write ``path`` atomically (a crash mid-write never leaves half a file)."""
-    atomic_write(path, text)
+    """Write ``path`` atomically (a crash mid-write never leaves half a file); under DDP
+    only rank 0 writes."""
+    if is_main():
+        atomic_write(path, text)
+
+
+def _write_report(report: RunReport, out: str) -> None:
+    if is_main():  # under DDP every rank holds the same report; rank 0 writes it
+        report.write(out)
 
 
 def make_output_dir(parent: str, name: str) -> str:
@@ -272,6 +289,9 @@ def run(
     torch.manual_seed(seeds[0])
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    device = resolve_device(recipe.train.device)
+    if init_from_env(device) and not is_main():
+        log = _silent  # one voice: rank 0 logs and writes; every rank computes
     variants = recipe.variants()  # checks variant names before any work
     first = build_datasets(recipe.data, seeds[0])
     check_recipe(recipe, first[0], pm, variants)  # everything that can fail, before training
@@ -279,12 +299,25 @@ def run(
     meters = resolve_meters(
         recipe.energy.meters, pm, log, {"country": carbon.country if carbon else None}
     )
-    out = output_dir or make_output_dir(recipe.output.dir, recipe.name)
-    prior = read_resumable(out, recipe) if resume else None
+    if is_main():
+        out = output_dir or make_output_dir(recipe.output.dir, recipe.name)
+        prior = read_resumable(out, recipe) if resume else None
+    if rank_world()[1] > 1:  # every rank learns rank 0's folder and what it resumes
+        import torch.distributed as dist
+
+        shared: list[Any] = [(out, prior) if is_main() else None]
+        dist.broadcast_object_list(shared, src=0)
+        out, prior = shared[0]
+    if not is_main():
+        return _run_in(recipe, pm, out, first, variants, carbon, meters, log, t_run, prior, device)
     if prior is None:
         prepare_folder(out, overwrite=overwrite)
     with locked(out):
-        return _run_in(recipe, pm, out, first, variants, carbon, meters, log, t_run, prior)
+        return _run_in(recipe, pm, out, first, variants, carbon, meters, log, t_run, prior, device)
+
+
+def _silent(msg: str) -> None:
+    del msg
 
 
 _RESUME_IGNORED = ("seed", "seeds", "output")
@@ -346,7 +379,9 @@ def _run_in(
     log: Log,
     t_run: float,
     prior: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[RunReport, str]:
+    device = device or torch.device("cpu")
     _write_text(
         os.path.join(out, "recipe.yaml"),
         yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False),
@@ -392,6 +427,7 @@ def _run_in(
                 f"{train.group_names} (test sizes {test.counts()['per_group']}); output {out}"
             )
             model = _fp32_model(
+                device,
                 recipe,
                 pm,
                 out,
@@ -422,7 +458,7 @@ def _run_in(
                         log,
                         carbon,
                         predictions,
-                        out=out,
+                        out=out if is_main() else None,
                         seed=seed,
                         stem=f"{vname}-s{seed}" if suffix else vname,
                     )
@@ -431,10 +467,10 @@ def _run_in(
                         {"variant": vname, "seed": seed, "error": str(exc)}
                     )
                     log(f"[{vname}] failed: {exc}; the report marks it failed, the run goes on")
-                    report.write(out)
+                    _write_report(report, out)
                     continue
                 report.variants.append(rep)
-                if any(lc.quantized for lc in rep.cost.layers):
+                if is_main() and any(lc.quantized for lc in rep.cost.layers):
                     png = plot_layer_bits(
                         rep.cost,
                         file_in(
@@ -447,7 +483,7 @@ def _run_in(
                             "note: per-layer bit plots need matplotlib: pip install 'fq-plugins[plot]'"
                         )
                 pm.on_evaluation(rep)
-                report.write(out)
+                _write_report(report, out)
         report.status = "partial" if report.failed_variants else "ok"
     except BaseException as exc:
         report.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -455,7 +491,7 @@ def _run_in(
         raise
     finally:
         report.wall_seconds = time.perf_counter() - t_run
-        report.write(out)
+        _write_report(report, out)
     pm.on_run_end(report, out)
     return report, out
 
@@ -475,6 +511,7 @@ def _dataset_info(train: GroupDataset, test: GroupDataset) -> dict[str, Any]:
 
 
 def _fp32_model(
+    device: torch.device,
     recipe: Recipe,
     pm: FQPluginManager,
     out: str,
@@ -492,18 +529,18 @@ def _fp32_model(
     """The seed's trained FP32 model: trained and reported now, or (resumed) loaded from
     the checkpoint an earlier invocation saved."""
     torch.manual_seed(seed)
-    model = _build_model(recipe, train)
+    model = _build_model(recipe, train).to(device)
     if ("fp32", seed) in report.done():
         saved = next(v for v in report.restored if v["variant"] == "fp32" and v["seed"] == seed)
         path = (saved.get("checkpoint") or {}).get("path")
         if path and os.path.isfile(path):
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
             log(f"[fp32] seed {seed}: loaded the finished FP32 model from {path}")
             return model
         # its weights are gone: train again (the same seed gives the same model)
         report.restored.remove(saved)
         log(f"[fp32] seed {seed}: the saved FP32 weights are missing; training again")
-    example = test.x[:1]
+    example = test.x[:1].to(device)
     t0 = time.perf_counter()
     _, e_train = tracker.measure(
         "train",
@@ -540,13 +577,14 @@ def _fp32_model(
     )
     fp32.seed = seed
     fp32_path = file_in(out, f"fp32-s{seed}" if suffix else "fp32", ".pt")
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    atomic_write(fp32_path, buf.getvalue())
-    fp32.checkpoint = {"path": fp32_path, "file_bytes": os.path.getsize(fp32_path)}
+    if is_main():
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        atomic_write(fp32_path, buf.getvalue())
+        fp32.checkpoint = {"path": fp32_path, "file_bytes": os.path.getsize(fp32_path)}
     report.variants.append(fp32)
     pm.on_evaluation(fp32)
-    report.write(out)
+    _write_report(report, out)
     log(f"[fp32] acc {fp32.accuracy:.4f}  worst-group {fp32.worst_group_accuracy:.4f}")
     return model
 
@@ -575,12 +613,16 @@ def _run_variant(
     stem = stem or vname
     model = copy.deepcopy(fp32_model)
     key = "compress" if vname not in recipe.compare else f"compare.{vname}"
+    device = next(iter(fp32_model.parameters())).device
     ctx = AttachContext(
-        calib_batches=lambda: iterate_batches(
-            train,
-            recipe.train.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
+        calib_batches=lambda: (
+            tuple(t.to(device) for t in b)
+            for b in iterate_batches(
+                train,
+                recipe.train.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+            )
         ),
         group_key=recipe.fairness.group_key,
         n_groups=train.n_groups,
@@ -647,7 +689,7 @@ def _run_variant(
     diff = pipe.max_diff
     if diff is not None and diff > FINALIZE_TOLERANCE:
         log(f"warning: [{vname}] finalized model differs from the fake-quantized one by {diff:.3g}")
-    cost = pipe.cost(final, test.x[:1])
+    cost = pipe.cost(final, test.x[:1].to(device))
     rep = build_report(
         vname,
         [m.method for m in methods],

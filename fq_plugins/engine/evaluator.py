@@ -81,10 +81,12 @@ def evaluate(
         class_names=list(class_names) if class_names is not None else None,
     )
     outs = []
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     try:
         for batch in batches:
             x, y, g = unpack_batch(batch, group_key=group_key)
-            logits = model(x)
+            logits = model(x.to(device, non_blocking=True))
             table.update(logits.argmax(1), y, g if g is not None else torch.zeros_like(y))
             if keep_logits:
                 outs.append(logits)

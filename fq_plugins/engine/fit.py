@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .._log import Log, stderr_log
 from ..errors import FQError
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from ..session import CompressionSession
 
 __all__ = ["fit"]
-
 
 
 def fit(
@@ -94,8 +94,20 @@ def fit(
         def batches() -> Iterable[Any]:
             return source
 
+    from .distributed import rank_world, shard
+
+    rank, world = rank_world()
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    net: nn.Module = model
+    trainable = any(p.requires_grad for p in model.parameters())
+    if world > 1 and epochs > 0 and trainable and not isinstance(model, DistributedDataParallel):
+        # data-parallel: every rank takes its rows of the same batch; DDP averages gradients
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     step = 0
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and rank == 0
     for epoch in range(epochs):
         model.train()
         t0 = time.perf_counter()
@@ -104,7 +116,19 @@ def fit(
         seen = 0
         for b, batch in enumerate(batches()):
             x, y, g = unpack_batch(batch, group_key=group_key)
-            logits = model(x)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            g = g.to(device, non_blocking=True) if g is not None else None
+            scale = 1.0
+            if world > 1:
+                whole = y.shape[0]
+                if whole < world:  # a rank would get no rows; every rank skips it alike
+                    continue
+                x, y, g = shard(x), shard(y), shard(g) if g is not None else None
+                # DDP averages gradients over ranks: weighting each rank's mean by its share
+                # makes that average the whole batch's mean even when the shards differ in
+                # size (the terms shared by every rank keep their weight: the factors mean 1)
+                scale = y.shape[0] * world / max(whole, 1)
+            logits = net(x)
             loss = objective(logits, y, g)
             if not bool(torch.isfinite(loss.total)):
                 parts = ", ".join(f"{k} {v:.4g}" for k, v in loss.floats().items())
@@ -114,7 +138,7 @@ def fit(
                     "set a grad_clip, or check the inputs for NaN/inf"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
+            (loss.total * scale if scale != 1.0 else loss.total).backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
