@@ -45,12 +45,14 @@ Private transformers pieces used: none beyond documented ``Trainer`` methods
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -62,6 +64,12 @@ from ..protocols import AttachContext, EnergyReading
 try:
     import transformers
     from transformers import TrainerCallback
+    from transformers.quantizers import (
+        HfQuantizer,
+        register_quantization_config,
+        register_quantizer,
+    )
+    from transformers.utils.quantization_config import QuantizationConfigMixin
 except ImportError as exc:  # pragma: no cover - exercised by a test with the import blocked
     raise MissingDependencyError(
         "transformers", "hf", "fq_plugins.adapters.hf (the Hugging Face Trainer adapter)"
@@ -75,7 +83,18 @@ if TYPE_CHECKING:
     from ..recipe import CompressionRecipe
     from ..report import EvaluationReport
 
-__all__ = ["SUPPORTED_TRANSFORMERS", "FQCallback", "FQTrainerMixin", "check_transformers_version"]
+__all__ = [
+    "QUANT_METHOD",
+    "SUPPORTED_TRANSFORMERS",
+    "FQCallback",
+    "FQHfQuantizer",
+    "FQQuantizationConfig",
+    "FQTrainerMixin",
+    "base_state_dict",
+    "calib_loader",
+    "check_transformers_version",
+    "register_fq_quantizer",
+]
 
 SUPPORTED_TRANSFORMERS = ((5, 0), (6, 0))
 """Tested range of transformers versions: ``>= 5.0, < 6``."""
@@ -165,6 +184,46 @@ class _SharedHook:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _SharedHook:
         return self
+
+
+def calib_loader(
+    dataset: Any,
+    model: nn.Module,
+    *,
+    collate: Callable[[list[Any]], Any] | None = None,
+    batch_size: int = 32,
+    input_key: str | None = None,
+    label_key: str = "labels",
+    group_key: str = "group",
+) -> Callable[[], Iterator[Any]]:
+    """``(x, y, group)`` calibration batches from a dataset of dicts (Trainer's format), on
+    the model's device; ``x`` is the model's main input (``input_key``, else its
+    ``main_input_name``, else the batch's only other key)."""
+    from torch.utils.data import DataLoader
+    from transformers import default_data_collator
+
+    collate_fn = collate or default_data_collator
+    key_given = input_key or getattr(model, "main_input_name", None)
+    device = next(model.parameters()).device
+
+    def batches() -> Iterator[Any]:
+        for b in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn):
+            others = [k for k in b if k not in (label_key, group_key)]
+            key = key_given or (others[0] if len(others) == 1 else "input_ids")
+            if key not in b or label_key not in b:
+                raise ConfigError(
+                    f"a calibration batch has keys {sorted(b)}; it needs the model's input "
+                    f"{key!r} and the labels {label_key!r}; name the input with "
+                    "input_key=..."
+                )
+            g = b.get(group_key)
+            yield (
+                b[key].to(device),
+                b[label_key].to(device),
+                g.to(device) if g is not None else None,
+            )
+
+    return batches
 
 
 # --- the callback -------------------------------------------------------------------------
@@ -288,34 +347,11 @@ class FQCallback(TrainerCallback):
     def _calib_batches(self, model: nn.Module, args: Any) -> Callable[[], Iterator[Any]] | None:
         if self.calib_dataset is None:
             return None
-        from torch.utils.data import DataLoader
-        from transformers import default_data_collator
-
-        ds = self.calib_dataset
-        collate = self.data_collator or default_data_collator
         bs = int(getattr(args, "per_device_train_batch_size", 32) or 32)
-        key_given = self.input_key or getattr(model, "main_input_name", None)
-        device = next(model.parameters()).device
-        label_key, group_key = self.label_key, self.group_key
-
-        def batches() -> Iterator[Any]:
-            for b in DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate):
-                others = [k for k in b if k not in (label_key, group_key)]
-                key = key_given or (others[0] if len(others) == 1 else "input_ids")
-                if key not in b or label_key not in b:
-                    raise ConfigError(
-                        f"a calibration batch has keys {sorted(b)}; it needs the model's input "
-                        f"{key!r} and the labels {label_key!r}; name the input with "
-                        "FQCallback(..., input_key=...)"
-                    )
-                g = b.get(group_key)
-                yield (
-                    b[key].to(device),
-                    b[label_key].to(device),
-                    g.to(device) if g is not None else None,
-                )
-
-        return batches
+        return calib_loader(
+            self.calib_dataset, model, collate=self.data_collator, batch_size=bs,
+            input_key=self.input_key, label_key=self.label_key, group_key=self.group_key,
+        )
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         from ..engine import CompressionPipeline, Objective
@@ -333,6 +369,10 @@ class FQCallback(TrainerCallback):
         if calib is not None:
             x, _, _ = next(iter(calib()))
             self.example_input = x[:8].detach().clone()
+        quantizer = getattr(model, "hf_quantizer", None)
+        if _is_fq_quantizer(quantizer) and quantizer.pipeline is not None:
+            self._adopt(model, quantizer)
+            return control
         ctx = AttachContext(
             calib_batches=calib,
             group_key=self.group_key,
@@ -357,6 +397,30 @@ class FQCallback(TrainerCallback):
         self.objective = Objective.from_recipe(self.recipe, pipe.session, n_groups=self.n_groups)
         self._install_hooks(model)
         return control
+
+    def _adopt(self, model: nn.Module, quantizer: FQHfQuantizer) -> None:
+        """The model came from ``from_pretrained(..., quantization_config=FQQuantizationConfig)``:
+        its methods are attached already; train them (same methods required)."""
+        from ..engine import Objective
+
+        pipe = quantizer.pipeline
+        assert pipe is not None
+        mine = [c.model_dump(mode="json") for c in self.recipe.compress]
+        theirs = [c.model_dump(mode="json") for c in pipe.configs]
+        if mine != theirs:
+            raise ConfigError(
+                "the model was loaded with FQQuantizationConfig methods "
+                f"{[c['method'] for c in theirs]}, and this FQCallback's recipe has other methods "
+                f"or settings ({[c['method'] for c in mine]}); a model carries one set of methods. "
+                "Build the callback from the model's recipe: "
+                "FQCallback.from_recipe(model.config.quantization_config.recipe)",
+                key="compress",
+            )
+        if self.example_input is None and quantizer.example_input is not None:
+            self.example_input = quantizer.example_input
+        self.pipeline, self.model = pipe, model
+        self.objective = Objective.from_recipe(self.recipe, pipe.session, n_groups=self.n_groups)
+        self._install_hooks(model)
 
     def _install_hooks(self, model: nn.Module) -> None:
         for h in self._hooks:
@@ -541,6 +605,10 @@ class FQCallback(TrainerCallback):
         with _LogitsOnly(self.model):  # BMRS compares model(x) before and after removal
             final = pipe.finalize(self.model, probe)
         _strip_logits_hooks(final)
+        quantizer = getattr(final, "hf_quantizer", None)
+        if _is_fq_quantizer(quantizer):
+            # baked in: a plain model now, saved and loaded without the quantizer
+            quantizer.remove_quantization_config(final)
         diff = pipe.max_diff
         if diff is not None and diff > FINALIZE_TOLERANCE:
             self.log(f"warning: finalized model differs from the fake-quantized one by {diff:.3g}")
@@ -754,3 +822,352 @@ def fq_trainer_class(trainer_cls: type[Any]) -> type[Any]:
         _SUBCLASSES[trainer_cls] = sub
     return sub
 
+
+
+# --- from_pretrained / save_pretrained: the quantizer registration ------------------------
+
+QUANT_METHOD = "fq_plugins"
+"""``quant_method`` of :class:`FQQuantizationConfig` in a saved ``config.json``."""
+
+_PARAMETRIZED = re.compile(r"(.*)\.parametrizations\.([^.]+)\.(original\d*)")
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every parametrized tensor under its plain name
+    (``X.parametrizations.weight.original`` → ``X.weight``), the methods' own state under its
+    own keys: what :class:`FQHfQuantizer` saves, so that a load without fq-plugins is at least
+    the FP32 (latent) model."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        m = _PARAMETRIZED.fullmatch(k)
+        if m is not None:
+            if m[3] != "original":
+                raise ConfigError(
+                    f"{k!r} is one of several tensors of a parametrization with a right_inverse; "
+                    "save_pretrained can keep only one tensor under the plain name "
+                    f"{m[1]}.{m[2]!s}. Save with fq.pipeline / torch.save instead"
+                )
+            k = f"{m[1]}.{m[2]}"
+        out[k] = v
+    return out
+
+
+def _to_model_keys(state: Mapping[str, Any], model_keys: set[str], prefix: str = "") -> dict[str, Any]:
+    """Rename plain keys to the parametrized ones the model has (the inverse of
+    :func:`base_state_dict`)."""
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        if k.startswith(prefix) and k not in model_keys:
+            head, _, leaf = k.rpartition(".")
+            alt = f"{head}.parametrizations.{leaf}.original" if head else k
+            if alt in model_keys:
+                k = alt
+        out[k] = v
+    return out
+
+
+def _rename_on_load(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_args: Any
+) -> None:
+    """Load pre-hook: a state dict with plain names (a checkpoint this quantizer saved, e.g.
+    Trainer's, which loads with ``load_state_dict(sd, strict=False)``) fills the
+    parametrized tensors."""
+    keys = {prefix + k for k in module.state_dict(keep_vars=True)}
+    renamed = _to_model_keys(state_dict, keys, prefix)
+    if renamed.keys() != state_dict.keys():
+        state_dict.clear()
+        state_dict.update(renamed)
+
+
+def _read_checkpoint(files: list[str]) -> dict[str, torch.Tensor]:
+    from ..storage import CheckpointError
+
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            if f.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                out.update(load_file(f, device="cpu"))
+            else:
+                out.update(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as exc:
+            raise CheckpointError(f"cannot read the checkpoint file {f!r}: {exc}") from exc
+    return out
+
+
+def _checkpoint_keys(files: list[str]) -> list[str]:
+    keys: list[str] = []
+    for f in files:
+        if f.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(f, framework="pt") as fh:
+                keys.extend(fh.keys())
+    return keys
+
+
+def _tensor_spec(x: torch.Tensor | None) -> dict[str, Any] | None:
+    if x is None:
+        return None
+    return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+
+
+def _from_spec(spec: Mapping[str, Any] | None, device: torch.device) -> torch.Tensor | None:
+    if not spec:
+        return None
+    dtype = getattr(torch, str(spec["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(
+            f"quantization_config.example_input has dtype {spec['dtype']!r}, not a torch dtype; "
+            "save the model again with this version of fq-plugins"
+        )
+    return torch.zeros([int(n) for n in spec["shape"]], dtype=dtype, device=device)
+
+
+_RUNTIME = ("_calib_dataset", "_data_collator", "_batch_size", "_example_tensor", "_plugin_manager")
+
+
+class FQQuantizationConfig(QuantizationConfigMixin):
+    """``from_pretrained(..., quantization_config=FQQuantizationConfig(recipe))``: the recipe's
+    methods attached to the loaded model (weights loaded first, then attach, so every
+    method starts from the real weights).
+
+    :param recipe: a path, a dict or a :class:`~fq_plugins.recipe.CompressionRecipe`; saved
+        in ``config.json`` as the validated recipe (JSON).
+    :param calib_dataset: examples (dicts, Trainer's format) for methods that calibrate or
+        trace at attach (FairQuant's importance, BMRS); not saved.
+    :param example_input: a model input batch for the finalize probe and for BMRS's trace
+        (default: the first calibration batch); its shape and dtype are saved, so a reload
+        rebuilds the same gates.
+    :param n_groups: number of groups for the methods' group statistics.
+
+    Only JSON fields are saved (``to_dict``); the data arguments are for this load only.
+    """
+
+    def __init__(
+        self,
+        recipe: str | os.PathLike[str] | dict[str, Any] | CompressionRecipe | None = None,
+        *,
+        calib_dataset: Any = None,
+        data_collator: Callable[[list[Any]], Any] | None = None,
+        batch_size: int = 32,
+        example_input: torch.Tensor | dict[str, Any] | None = None,
+        n_groups: int | None = None,
+        input_key: str | None = None,
+        label_key: str = "labels",
+        plugin_manager: FQPluginManager | None = None,
+        quant_method: str = QUANT_METHOD,
+        **unknown: Any,
+    ) -> None:
+        from ..recipe import load_compression_recipe
+
+        if quant_method != QUANT_METHOD:
+            raise ConfigError(
+                f"FQQuantizationConfig got quant_method={quant_method!r}; it is always "
+                f"{QUANT_METHOD!r}"
+            )
+        if unknown:
+            raise ConfigError(
+                f"FQQuantizationConfig got unknown fields {sorted(unknown)}; allowed: recipe, "
+                "example_input, n_groups, input_key, label_key (saved) and calib_dataset, "
+                "data_collator, batch_size, plugin_manager (this load only)"
+            )
+        if recipe is None:
+            raise ConfigError(
+                "FQQuantizationConfig needs a recipe: FQQuantizationConfig('recipe.yaml') or "
+                "FQQuantizationConfig({'compress': [{'method': 'uniform', 'bits': 4}]})"
+            )
+        recipe = load_compression_recipe(recipe, plugin_manager=plugin_manager)
+        if not recipe.compress:
+            raise ConfigError(
+                "FQQuantizationConfig: the recipe has no methods; add at least one item, e.g. "
+                "compress: [{method: uniform, bits: 4}]",
+                key="compress",
+            )
+        self.quant_method = cast(Any, QUANT_METHOD)
+        self.recipe: dict[str, Any] = recipe.model_dump(mode="json")
+        if isinstance(example_input, torch.Tensor):
+            self.example_input = _tensor_spec(example_input)
+        else:
+            self.example_input = dict(example_input) if example_input else None
+        self.n_groups = n_groups
+        self.input_key = input_key
+        self.label_key = label_key
+        self._calib_dataset = calib_dataset
+        self._data_collator = data_collator
+        self._batch_size = int(batch_size)
+        self._example_tensor = example_input if isinstance(example_input, torch.Tensor) else None
+        self._plugin_manager = plugin_manager
+
+    def compression_recipe(self) -> CompressionRecipe:
+        from ..recipe import load_compression_recipe
+
+        return load_compression_recipe(self.recipe, plugin_manager=self._plugin_manager)
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in _RUNTIME})
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        yield from self.to_dict().items()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FQQuantizationConfig:
+        new = object.__new__(type(self))
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = v if k in _RUNTIME else copy.deepcopy(v, memo)
+        return new
+
+
+class FQHfQuantizer(HfQuantizer):
+    """The ``HfQuantizer`` behind :class:`FQQuantizationConfig` (registered as
+    ``quant_method="fq_plugins"`` on import of :mod:`fq_plugins.adapters.hf`).
+
+    * a plain checkpoint + ``FQQuantizationConfig(recipe)``: the weights load, then the
+      methods attach (calibrating on ``calib_dataset``);
+    * a checkpoint it saved (``config.json`` has the config): the weights load under their
+      plain names, the methods attach structurally (``AttachContext(dry_run=True)``, BMRS
+      traced on zeros of the saved ``example_input`` shape), then every method tensor is
+      loaded from the checkpoint and checked complete — the rebuilt model computes exactly
+      what the saved one did. Nothing is created before the weights load, so no tensor is
+      left uninitialised;
+    * ``save_pretrained``: :func:`base_state_dict` (plain names + the methods' state);
+    * trainable (QAT) and serializable, as Trainer requires.
+    """
+
+    requires_calibration = False
+    quantization_config: FQQuantizationConfig
+
+    def __init__(self, quantization_config: FQQuantizationConfig, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.checkpoint_files: list[str] = []
+        self.pipeline: CompressionPipeline | None = None
+        self.example_input: torch.Tensor | None = None
+        self._base_keys: set[str] = set()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FQHfQuantizer:
+        return self  # a copy of the model (BMRS's finalize) shares its quantizer
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        return True
+
+    def is_serializable(self, safe_serialization: Any = None) -> bool:
+        return True
+
+    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        self.checkpoint_files = [os.fspath(f) for f in (kwargs.get("checkpoint_files") or [])]
+        self._base_keys = set(model.state_dict())
+        if self.pre_quantized:
+            # the methods' own tensors are loaded after attach: keep transformers from
+            # reporting them as unexpected
+            extra = [k for k in _checkpoint_keys(self.checkpoint_files) if k not in self._base_keys]
+            ignore = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+            ignore.update(f"^{re.escape(k)}$" for k in extra)
+            model.__dict__["_keys_to_ignore_on_load_unexpected"] = ignore
+        return model
+
+    def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        from ..engine import CompressionPipeline
+        from ..manager import get_plugin_manager
+
+        cfg = self.quantization_config
+        recipe = cfg.compression_recipe()
+        pm = cfg._plugin_manager or get_plugin_manager()
+        device = next(model.parameters()).device
+        group_key = recipe.fairness.group_key
+        if self.pre_quantized:
+            x = _from_spec(cfg.example_input, device)
+            ctx = AttachContext(group_key=group_key, n_groups=cfg.n_groups, device=device,
+                                example_input=x, dry_run=True)
+        else:
+            calib = None
+            if cfg._calib_dataset is not None:
+                calib = calib_loader(
+                    cfg._calib_dataset, model, collate=cfg._data_collator,
+                    batch_size=cfg._batch_size, input_key=cfg.input_key,
+                    label_key=cfg.label_key, group_key=group_key,
+                )
+            x = cfg._example_tensor
+            if x is None and calib is not None:
+                x = next(iter(calib()))[0][:8].detach().clone()
+            if x is not None:
+                x = x.to(device)
+            cfg.example_input = _tensor_spec(x)
+            ctx = AttachContext(calib_batches=calib, group_key=group_key, n_groups=cfg.n_groups,
+                                device=device, example_input=x)
+        pipe = CompressionPipeline(recipe.compress, plugin_manager=pm, context=ctx)
+        if len(pipe.stages) > 1:
+            raise ConfigError(
+                f"this recipe has {len(pipe.stages)} stages (a structural method such as bmrs, "
+                "then the others); FQQuantizationConfig attaches one stage: load with the bmrs "
+                "stage, finalize it, then attach the others",
+                key="compress",
+            )
+        with _LogitsOnly(model):
+            pipe.start(model)
+        model.to(device)
+        _check_tensor_state(model)
+        if self.pre_quantized:
+            self._load_method_state(model)
+        model.register_load_state_dict_pre_hook(_rename_on_load)
+        self.pipeline, self.example_input = pipe, x
+        return model
+
+    def _load_method_state(self, model: nn.Module) -> None:
+        from ..storage import CheckpointError
+
+        keys = set(model.state_dict())
+        saved = _to_model_keys(_read_checkpoint(self.checkpoint_files), keys)
+        own = {k for k in keys if k not in self._base_keys}
+        missing = sorted(k for k in own if k not in saved)
+        unexpected = sorted(k for k in saved if k not in keys)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"the checkpoint {self.checkpoint_files[:1]} does not hold the state of the "
+                f"methods its quantization_config names (missing {missing[:4]}, unexpected "
+                f"{unexpected[:4]}); it was saved from another recipe or model. Load it with "
+                "the recipe it was saved with (its config.json), or without quantization_config"
+            )
+        model.load_state_dict({k: v for k, v in saved.items() if k in keys}, strict=False)
+
+    def get_state_dict_and_metadata(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        return base_state_dict(model), {}
+
+
+def _is_fq_quantizer(q: Any) -> TypeGuard[FQHfQuantizer]:
+    """``q`` is this package's quantizer (by ``quant_method``: a module imported twice has
+    two FQHfQuantizer classes)."""
+    cfg = getattr(q, "quantization_config", None)
+    return getattr(cfg, "quant_method", None) == QUANT_METHOD and hasattr(q, "pipeline")
+
+
+def register_fq_quantizer() -> None:
+    """Register :class:`FQQuantizationConfig` / :class:`FQHfQuantizer` as
+    ``quant_method="fq_plugins"`` (idempotent; a re-imported module keeps the classes
+    registered first, which the callback recognises by ``quant_method``; another
+    package's registration of the name is an error)."""
+    from transformers.quantizers import auto
+
+    for mapping, cls, register in (
+        (auto.AUTO_QUANTIZATION_CONFIG_MAPPING, FQQuantizationConfig, register_quantization_config),
+        (auto.AUTO_QUANTIZER_MAPPING, FQHfQuantizer, register_quantizer),
+    ):
+        have = mapping.get(QUANT_METHOD)
+        if have is cls:
+            continue
+        if have is None:
+            register(QUANT_METHOD)(cls)
+        elif getattr(have, "__module__", "") == __name__ and have.__name__ == cls.__name__:
+            continue  # this module imported a second time (a reload): keep the first classes
+        else:
+            raise FQError(
+                f"transformers has quant_method {QUANT_METHOD!r} registered already, by "
+                f"{have.__module__}.{have.__name__}; uninstall the package that registers it"
+            )
+
+
+register_fq_quantizer()
