@@ -78,6 +78,33 @@ class SyntheticSpec(_Strict):
     minority_noise: float = Field(1.2, gt=0)
 
 
+class SelectionSpec(_Strict):
+    """``data.selection``: train on a subset chosen by a data selector (coreset)."""
+
+    selector: str = Field(
+        "random", description="A registered data selector: random, el2n, kcenter, …"
+    )
+    fraction: float = Field(gt=0, le=1, description="Share of the training examples kept.")
+    group_aware: bool = Field(
+        False, description="Keep every group's share (or, with floor, a minimum per group)."
+    )
+    floor: float | None = Field(
+        None, gt=0, lt=1, description="With group_aware: minimum share per group."
+    )
+    warmup_epochs: int | None = Field(
+        None, ge=0, description="Model-based selectors: warm-up epochs on the full set."
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="The selector's own options.")
+
+    @field_validator("selector")
+    @classmethod
+    def _known_selector(cls, v: str, info: ValidationInfo) -> str:
+        pm = (info.context or {}).get("plugin_manager")
+        if pm is not None:
+            pm.selectors.get(v, key="data.selection.selector")
+        return v
+
+
 class DataSpec(_Strict):
     """``data``: where examples, labels and group ids come from."""
 
@@ -93,6 +120,9 @@ class DataSpec(_Strict):
     max_examples: int | None = Field(None, ge=10, description="Stratified subsample first.")
     normalize: bool = Field(True, description="Standardize channels with train statistics.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    selection: SelectionSpec | None = Field(
+        None, description="Train on a subset of the training split (data frugality)."
+    )
 
     @model_validator(mode="after")
     def _npz_needs_path(self) -> DataSpec:

@@ -418,6 +418,10 @@ def _run_in(
             train, test = (
                 first if seed == recipe.seed_list[0] else build_datasets(recipe.data, seed)
             )
+            e_select: dict[str, EnergyReading] = {}
+            if recipe.data.selection is not None:
+                train, e_select, picked = _select(recipe, pm, train, seed, device, tracker, log)
+                report.dataset.setdefault("selection", {})[str(seed)] = picked
             if len(recipe.seed_list) > 1:
                 report.datasets[str(seed)] = _dataset_info(train, test)
             log(
@@ -440,6 +444,7 @@ def _run_in(
                 carbon,
                 log,
                 suffix=suffix,
+                extra_energy=e_select,
             )
             for vname, methods in variants.items():
                 if (vname, seed) in report.done():
@@ -496,6 +501,51 @@ def _run_in(
     return report, out
 
 
+def _select(
+    recipe: Recipe,
+    pm: FQPluginManager,
+    train: GroupDataset,
+    seed: int,
+    device: torch.device,
+    tracker: EnergyTracker,
+    log: Log,
+) -> tuple[GroupDataset, dict[str, EnergyReading], dict[str, Any]]:
+    """``data.selection``: the kept part of the training split, the selection's energy
+    (phase ``select``: a model-based selector's warm-up counts) and its summary."""
+    from .data.coreset import select_subset
+
+    sel = recipe.data.selection
+    assert sel is not None
+
+    def choose() -> Any:
+        return select_subset(
+            train,
+            selector=sel.selector,
+            fraction=sel.fraction,
+            group_aware=sel.group_aware,
+            floor=sel.floor,
+            seed=seed,
+            model_factory=lambda: _build_model(recipe, train).to(device),
+            warmup_epochs=sel.warmup_epochs,
+            lr=recipe.train.lr,
+            batch_size=recipe.train.batch_size,
+            weight_decay=recipe.train.weight_decay,
+            options=dict(sel.options),
+            pm=pm,
+            log=log,
+        )
+
+    result, energy = tracker.measure("select", choose)
+    for w in result.warnings:
+        log(f"warning: data.selection: {w}")
+    log(
+        f"[select] {result.selector}: kept {result.n_kept} of {result.n_full} training "
+        f"examples ({result.seconds:.1f} s, {result.warmup_epochs} warm-up epochs); groups "
+        + ", ".join(f"{g['name']} {g['kept']}/{g['full']}" for g in result.per_group)
+    )
+    return result.apply(train), energy, result.to_dict()
+
+
 def _dataset_info(train: GroupDataset, test: GroupDataset) -> dict[str, Any]:
     return {
         "name": train.name,
@@ -525,6 +575,7 @@ def _fp32_model(
     log: Log,
     *,
     suffix: bool,
+    extra_energy: dict[str, EnergyReading] | None = None,
 ) -> nn.Module:
     """The seed's trained FP32 model: trained and reported now, or (resumed) loaded from
     the checkpoint an earlier invocation saved."""
@@ -569,8 +620,8 @@ def _fp32_model(
         recipe.fairness.metrics,
         pm,
         model_cost(model, {}, example_input=example),
-        {**e_train, **e_eval},
-        time.perf_counter() - t0,
+        {**(extra_energy or {}), **e_train, **e_eval},
+        time.perf_counter() - t0 + sum(r.seconds for r in (extra_energy or {}).values()),
         metric_options=recipe.fairness.metric_options,
         carbon=carbon,
         prediction=predictions.finish("train", e_train),
