@@ -290,6 +290,9 @@ class FQCallback(TrainerCallback):
         self.label_names: list[str] = []
         self.energy: dict[str, EnergyReading] = {}
         self._phase: EnergyTracker | None = None
+        self._running: str | None = None
+        """The metered phase now: ``"train"``, ``"eval"`` or None."""
+        self._paused_train = False
         """Meters of the training phase (begun at on_train_begin, ended at on_train_end)."""
         self._pending: tuple[Any, Any, Any] | None = None
         self._terms_sum: dict[str, float] = {}
@@ -522,6 +525,17 @@ class FQCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._check_optimizer(kwargs.get("optimizer"), args)
+        tracker = self._tracker()
+        if self._running is not None:  # a phase left open by an interrupted call
+            tracker.abort()
+        self.energy = {k: v for k, v in self.energy.items() if not k.startswith("train:")}
+        tracker.begin("train")
+        self._running = "train"
+        return control
+
+    # --- energy: the train phase, and each evaluation as a phase of its own -----------------
+
+    def _tracker(self) -> EnergyTracker:
         if self._phase is None:
             from ..energy.tracker import EnergyTracker, resolve_meters
 
@@ -533,8 +547,45 @@ class FQCallback(TrainerCallback):
                 {"country": carbon.country if carbon else None},
             )
             self._phase = EnergyTracker(meters, self.pm, self.log)
-        self._phase.begin("train")
-        return control
+        return self._phase
+
+    def _end_phase(self) -> None:
+        """End the running phase; a train phase paused for evaluations adds up its parts,
+        an evaluation replaces the previous one's reading."""
+        from ..energy.tracker import merge_readings
+
+        assert self._phase is not None and self._running is not None
+        for key, r in self._phase.end().items():
+            have = self.energy.get(key)
+            if self._running == "train" and have is not None:
+                r = merge_readings(r.meter, [have, r], None, have.seconds + r.seconds)
+            self.energy[key] = r
+        self._running = None
+
+    def eval_begin(self) -> None:
+        """Start metering an evaluation (``FQTrainerMixin.evaluation_loop`` calls it): a
+        running train phase is paused, so evaluation energy is not counted as training."""
+        tracker = self._tracker()
+        self._paused_train = self._running == "train"
+        if self._running is not None:
+            self._end_phase()
+        tracker.begin("eval")
+        self._running = "eval"
+
+    def eval_end(self, ok: bool = True) -> None:
+        """Stop metering the evaluation (its reading is ``energy["eval:<meter>"]``) and
+        resume the train phase it paused."""
+        tracker = self._tracker()
+        if self._running == "eval":
+            if ok:
+                self._end_phase()
+            else:
+                tracker.abort()
+                self._running = None
+        if self._paused_train:
+            tracker.begin("train")
+            self._running = "train"
+        self._paused_train = False
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._require_attached("on_step_begin")
@@ -566,8 +617,8 @@ class FQCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._require_attached("on_train_end")
-        if self._phase is not None and self._phase.running:
-            self.energy.update(self._phase.end())
+        if self._running == "train":
+            self._end_phase()
         if self.finalize_at_end:
             self.finalize()
         return control
@@ -691,8 +742,15 @@ class FQCallback(TrainerCallback):
         table = GroupConfusion(n_groups, int(lg.shape[-1]))
         table.update(lg.reshape(-1, lg.shape[-1]).argmax(-1), y, g)
         energy = dict(self.energy)
-        if self._phase is not None and self._phase.running:
-            energy.update(self._phase.snapshot())
+        if self._phase is not None and self._running is not None:
+            # the running phase so far; a running train phase adds to its ended parts
+            from ..energy.tracker import merge_readings
+
+            for key, r in self._phase.snapshot().items():
+                have = energy.get(key)
+                if have is not None and self._running == "train":
+                    r = merge_readings(r.meter, [have, r], None, have.seconds + r.seconds)
+                energy[key] = r
         rep = build_report(
             self.variant,
             [c.method for c in pipe.configs],
@@ -796,6 +854,17 @@ class FQTrainerMixin:
         if "loss" in logs:
             logs = {**logs, **self.fq.pop_loss_terms()}
         super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        # evaluate() and predict(): the evaluation is an energy phase of its own
+        self.fq.eval_begin()
+        try:
+            out = super().evaluation_loop(*args, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            self.fq.eval_end(ok=False)
+            raise
+        self.fq.eval_end()
+        return out
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         out = super().train(*args, **kwargs)  # type: ignore[misc]
