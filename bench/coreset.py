@@ -324,6 +324,36 @@ def table_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def kcenter_scaling(sizes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """Wall time and peak-RSS growth of k_center_greedy on synthetic N × D embeddings."""
+    import resource
+
+    from fq_plugins.data.coreset import k_center_greedy
+
+    rows = []
+    for n, d, k in sizes:
+        emb = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        k_center_greedy(emb, k)
+        secs = time.perf_counter() - t0
+        grow = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+        rows.append(
+            {
+                "n": n,
+                "d": d,
+                "k": k,
+                "seconds": secs,
+                "ms_per_centre": 1e3 * secs / k,
+                "peak_rss_growth_mb": grow / 1024,
+                "embedding_mb": n * d * 4 / 2**20,
+                "pairwise_matrix_would_be_gb": n * n * 4 / 2**30,
+            }
+        )
+        log(f"k-center {n}×{d}, k={k}: {secs:.1f}s, peak RSS +{grow / 1024:.1f} MB")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -337,13 +367,31 @@ def main() -> None:
     ap.add_argument(
         "--merge", nargs="+", help="result files of separate runs to combine into --out"
     )
+    ap.add_argument(
+        "--kcenter-scaling",
+        action="store_true",
+        help="only time k-center greedy on synthetic 50k embeddings; stored in --out",
+    )
     args = ap.parse_args()
     out = Path(args.out)
+    if args.kcenter_scaling:
+        torch.set_num_threads(1)
+        store = json.loads(out.read_text()) if out.exists() else {"seeds": {}}
+        store["kcenter_scaling"] = {
+            "command": "python bench/coreset.py --kcenter-scaling",
+            "threads": 1,
+            "rows": kcenter_scaling([(50_000, 64, 12_500), (50_000, 512, 2_000)]),
+        }
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(store, indent=1))
+        os.replace(tmp, out)
+        return
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         store = {**parts[0], "seeds": {}, "commands": [p.get("command") for p in parts]}
-        for p in parts:
-            store["seeds"].update(p["seeds"])
+        for p in parts:  # rows of one seed may come from several files (--only runs)
+            for seed, rec in p["seeds"].items():
+                store["seeds"].setdefault(seed, {}).update(rec)
     else:
         if not Path(args.data).exists():
             sys.exit(f"no data at {args.data}; set FQ_DATA_DIR or --data")

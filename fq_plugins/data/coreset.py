@@ -364,9 +364,10 @@ def k_center_greedy(
     """Greedy k-center: ``k`` indices (in pick order), starting at ``first``.
 
     Each step adds the point farthest from the chosen centres (ties: the lowest index).
-    Memory is O(N·D) for the embedding plus O(N + chunk_size·D) working space: the squared
-    distances to the newest centre are computed in row chunks as ``Σ (x − c)²`` (no
-    ``|x|² − 2x·c + |c|²`` cancellation), in the embedding's own dtype.
+    Memory is the N×D embedding plus O(N) working space: the squared distances to the
+    newest centre are ``|x|² + |c|² − 2·x·c``, one matrix-vector product per row chunk of
+    ``chunk_size`` (never an N×N matrix), in the embedding's dtype (clamped at 0; give float64
+    for distances exact to round-off on tiny differences).
     """
     if emb.dim() != 2:
         raise ConfigError(f"k-center needs an (N, D) embedding; got shape {tuple(emb.shape)}")
@@ -375,16 +376,20 @@ def k_center_greedy(
         raise ConfigError(f"k-center: k must lie in [1, {n}]; got {k}")
     if not 0 <= first < n:
         raise ConfigError(f"k-center: first must lie in [0, {n}); got {first}")
+    spans = [(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
+    sq = torch.cat([emb[lo:hi].pow(2).sum(1) for lo, hi in spans])
     mind = torch.full((n,), math.inf, dtype=emb.dtype, device=emb.device)
+    d = torch.empty(min(chunk_size, n), dtype=emb.dtype, device=emb.device)
     chosen = torch.empty(k, dtype=torch.long)
     c = first
     for step in range(k):
         chosen[step] = c
-        centre = emb[c]
-        for lo in range(0, n, chunk_size):
-            block = emb[lo : lo + chunk_size]
-            d = (block - centre).pow_(2).sum(1)
-            torch.minimum(mind[lo : lo + chunk_size], d, out=mind[lo : lo + chunk_size])
+        centre, c_sq = emb[c], sq[c]
+        for lo, hi in spans:
+            dd = d[: hi - lo]
+            torch.addmv(sq[lo:hi], emb[lo:hi], centre, alpha=-2.0, out=dd)
+            dd.add_(c_sq).clamp_(min=0.0)
+            torch.minimum(mind[lo:hi], dd, out=mind[lo:hi])
         mind[c] = -1.0  # never picked again, even when every point is already covered
         c = int(torch.argmax(mind))
     return chosen
