@@ -354,33 +354,6 @@ def test_finalize_at_end(tmp_path: Any, make: Any, ds: Any, method: dict[str, An
     assert fq.report is not None and fq.report.methods == [method["method"]]
 
 
-def test_bmrs_on_hf_vit_is_a_clear_error(tmp_path: Any) -> None:
-    # HF's MLP activation (transformers.activations.GELUActivation) is not one of the
-    # elementwise modules BMRS's trace knows, so no MLP unit of a HF ViT can be gated
-    fq = FQCallback.from_recipe(recipe({"method": "bmrs"}))
-    with pytest.raises(ConfigError, match="BMRS found no layer it can gate"):
-        fq.trainer(Trainer, model=vit(), args=targs(tmp_path), train_dataset=ImageDS(32, 1))
-
-
-def test_timm_wrapper_offline(tmp_path: Any) -> None:
-    pytest.importorskip("timm")
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
-
-    torch.manual_seed(0)
-    model = TimmWrapperForImageClassification(
-        TimmWrapperConfig(architecture="resnet10t", num_labels=N_CLASSES)
-    )
-    fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4}))
-    trainer = fq.trainer(Trainer, model=model, args=targs(tmp_path, max_steps=2),
-                         train_dataset=ImageDS(32, 1), eval_dataset=ImageDS(32, 2))
-    trainer.train()
-    metrics = trainer.evaluate()
-    assert metrics["eval_avg_bits"] == pytest.approx(4.0, abs=0.01)
-    ev = ImageDS(32, 2)
-    oracle = _oracle_metrics(torch.as_tensor(trainer.predict(ev).predictions), ev.y, ev.g)
-    assert metrics["eval_worst_group_accuracy"] == pytest.approx(oracle["worst"])
-
-
 def test_event_hooks_fire_per_step_and_evaluation(tmp_path: Any) -> None:
     from fq_plugins import hookimpl
     from fq_plugins.manager import get_plugin_manager
