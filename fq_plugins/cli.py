@@ -50,9 +50,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="train FP32, compress, evaluate fairness/size/energy, print and write a report",
         description=(
             "Run a complete compress → evaluate → report job. With no RECIPE, runs the embedded "
-            "default: a small CNN on generated images with a harder minority group, FP32 vs "
-            "Uniform-8/4/2 (see `fq-plugins show-default`). Writes report.json and recipe.yaml "
-            "to OUTPUT_DIR/<time>-<name>/ and prints a comparison table."
+            "default, a tour of the library: a small CNN on generated images with a harder "
+            "minority group, FP32 vs FairQuant (learned bits, 2.5 on average), Uniform-4/3/2, "
+            "CoDeQ, BMRS→FairQuant and MoMos (see `fq-plugins show-default`). Writes "
+            "report.json, results.csv and recipe.yaml to OUTPUT_DIR/<time>-<name>/ and prints "
+            "a comparison table."
         ),
     )
     r.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml or .json); default: embedded")

@@ -24,6 +24,8 @@ FAST = [
     "1",
     "--set",
     "compare={}",
+    "--set",
+    "compress=[{method: uniform, bits: 4}]",
 ]
 
 
@@ -81,13 +83,21 @@ def test_run_with_no_arguments_as_documented(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(next((tmp_path / "fq-runs").glob("*-default/report.json")).read_text())
+    # the tour: every method of the library, each with its line
     assert [v["variant"] for v in data["variants"]] == [
         "fp32",
+        "fairquant",
         "uniform-4",
-        "uniform-8",
         "uniform-3",
         "uniform-2",
+        "codeq",
+        "bmrs+fairquant",
+        "momos",
     ]
+    assert data["status"] == "ok"
+    by = {v["variant"]: v for v in data["variants"]}
+    assert by["fairquant"]["cost"]["avg_bits_param"] <= 2.5 + 1e-6
+    assert by["uniform-2"]["cost"]["avg_bits_param"] == 2
     fp32 = data["variants"][0]
     assert (
         fp32["worst_group_accuracy"] < fp32["mean_group_accuracy"] - 0.03
@@ -223,4 +233,5 @@ def test_validate_and_show_default(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(out.stdout)
     out = run_cli("validate", str(p))
-    assert out.returncode == 0 and json.loads(out.stdout)["compress"][0]["bits"] == 4
+    resolved = json.loads(out.stdout)
+    assert out.returncode == 0 and resolved["compress"][0]["budget"]["avg_bits"] == 2.5

@@ -17,8 +17,17 @@ from .conftest import TINY
 def test_default_recipe_loads_and_has_variants(pm):
     r = load_recipe(None, plugin_manager=pm)
     assert r.name == "default"
-    assert list(r.variants()) == ["uniform-4", "uniform-8", "uniform-3", "uniform-2"]
-    assert isinstance(r.compress[0], UniformConfig) and r.compress[0].bits == 4
+    assert list(r.variants()) == [
+        "fairquant",
+        "uniform-4",
+        "uniform-3",
+        "uniform-2",
+        "codeq",
+        "bmrs+fairquant",
+        "momos",
+    ]
+    assert isinstance(r.compare["uniform-4"][0], UniformConfig) and r.compare["uniform-4"][0].bits == 4
+    assert r.compress[0].method == "fairquant" and r.compress[0].budget.avg_bits == 2.5
     assert yaml.safe_load(default_recipe_text())["name"] == "default"
 
 
