@@ -12,7 +12,11 @@ fresh copy of the model (attach and calibration are not timed).
 
     python bench/hf_overhead.py [--rounds 3] [--steps 20]
 
-Writes bench/results/hf_overhead.json.
+Also reported: ``fit`` fed through Trainer's data path (a DataLoader over the same dict
+items with ``default_data_collator``), so that only the loops differ, and the callback's
+own share ``(Trainer+FQ / Trainer FP32) / (fit BAQ / fit FP32)``.
+
+Writes bench/results/hf_overhead.json (``--out`` to write elsewhere).
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
     ViTConfig,
     ViTForImageClassification,
+    default_data_collator,
 )
 
 from fq_plugins.adapters.hf import FQCallback, _LogitsOnly
@@ -117,13 +122,31 @@ def run_trainer(base: torch.nn.Module, ds: Images, steps: int, fq: bool, out: st
     return periods(clock.times)
 
 
-def run_fit(base: torch.nn.Module, ds: Images, steps: int, fq: bool = True) -> list[float]:
+def loader_batches(ds: Images) -> Any:
+    """Trainer's data path for ``fit``: a shuffling DataLoader over the same items with
+    Trainer's default collator (stacking 64 dicts per batch), as (x, y, group)."""
+    gen = torch.Generator().manual_seed(0)
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, generator=gen, drop_last=True,
+                        collate_fn=default_data_collator)
+
+    def batches() -> Any:
+        return ((b["pixel_values"], b["labels"], b["group"]) for b in loader)
+
+    return batches
+
+
+def run_fit(base: torch.nn.Module, ds: Images, steps: int, fq: bool = True,
+            loader: bool = False) -> list[float]:
     """The same model and BAQ recipe through the engine alone: pipeline + Objective + fit
-    (``fq=False``: the same loop in FP32, cross-entropy only)."""
+    (``fq=False``: the same loop in FP32, cross-entropy only). ``loader=False``: pre-built
+    batch tensors; ``loader=True``: Trainer's data path (:func:`loader_batches`)."""
     model = copy.deepcopy(base)
-    batches = [(ds.x[i:i + BATCH], ds.y[i:i + BATCH], ds.g[i:i + BATCH])
-               for i in range(0, BATCH * steps, BATCH)]
+    batches: Any = [(ds.x[i:i + BATCH], ds.y[i:i + BATCH], ds.g[i:i + BATCH])
+                    for i in range(0, BATCH * steps, BATCH)]
     batches = [(x, y, g) for x, y, g in batches if len(y) == BATCH][:steps]
+    calib = list(batches)
+    if loader:
+        batches = loader_batches(ds)
     # Trainer's own optimizer class and kwargs (5.x: fused AdamW), so only the loops differ
     cls, kw = Trainer.get_optimizer_cls_and_kwargs(targs(tempfile.mkdtemp(), steps), model)
     if not fq:
@@ -133,7 +156,7 @@ def run_fit(base: torch.nn.Module, ds: Images, steps: int, fq: bool = True) -> l
                 optimizer=cls([p for p in model.parameters() if p.requires_grad], **kw),
                 log=lambda _m: None)
         return periods(clock.times)
-    pipe = CompressionPipeline(BAQ, context=AttachContext(calib_batches=lambda: iter(batches)))
+    pipe = CompressionPipeline(BAQ, context=AttachContext(calib_batches=lambda: iter(calib)))
     with _LogitsOnly(model):  # the HF model returns a ModelOutput; fit wants logits
         pipe.start(model)
         clock = FitClock()
@@ -149,6 +172,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "hf_overhead.json")
     opt = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
@@ -157,28 +181,38 @@ def main() -> None:
     base = make_model()
     out = tempfile.mkdtemp(prefix="fq-hf-bench-")
     samples: dict[str, list[float]] = {
-        "trainer_fp32": [], "trainer_fq_baq": [], "fit_baq": [], "fit_fp32": []
+        "trainer_fp32": [], "trainer_fq_baq": [], "fit_baq": [], "fit_fp32": [],
+        "fit_baq_loader": [], "fit_fp32_loader": [],
     }
     for r in range(opt.rounds):
         samples["trainer_fp32"] += run_trainer(base, ds, opt.steps, False, out)
         samples["trainer_fq_baq"] += run_trainer(base, ds, opt.steps, True, out)
         samples["fit_baq"] += run_fit(base, ds, opt.steps)
         samples["fit_fp32"] += run_fit(base, ds, opt.steps, fq=False)
+        samples["fit_baq_loader"] += run_fit(base, ds, opt.steps, loader=True)
+        samples["fit_fp32_loader"] += run_fit(base, ds, opt.steps, fq=False, loader=True)
         print(f"round {r + 1}/{opt.rounds} done", flush=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
     rows = [
         ("engine fit, FP32", med["fit_fp32"]),
+        ("engine fit, FP32, loader", med["fit_fp32_loader"]),
         ("Trainer FP32", med["trainer_fp32"]),
         ("engine fit, BAQ", med["fit_baq"]),
+        ("engine fit, BAQ, loader", med["fit_baq_loader"]),
         ("Trainer + FQCallback, BAQ", med["trainer_fq_baq"]),
     ]
     print(f"\n{'variant':<28}{'step ms':>10}{'/ fit BAQ':>11}{'/ Trainer FP32':>16}")
     for name, v in rows:
         print(f"{name:<28}{v * 1e3:>10.1f}{v / med['fit_baq']:>11.3f}{v / med['trainer_fp32']:>16.3f}")
     trainer_own = med["trainer_fp32"] / med["fit_fp32"]
+    # what the callback itself adds: its BAQ cost inside Trainer relative to BAQ's cost in fit
+    share = (med["trainer_fq_baq"] / med["trainer_fp32"]) / (med["fit_baq"] / med["fit_fp32"])
+    same_data = med["trainer_fq_baq"] / med["fit_baq_loader"]
     print(f"\nTrainer + FQCallback (BAQ) over engine fit (BAQ): "
           f"{med['trainer_fq_baq'] / med['fit_baq']:.3f}x (target <= 1.05); "
+          f"same data path (fit over Trainer's DataLoader + collator): {same_data:.3f}x; "
           f"Trainer's own loop over fit (FP32): {trainer_own:.3f}x; "
+          f"the callback's own share: {share:.3f}x; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     result = {
         "date": dt.date.today().isoformat(),
@@ -192,12 +226,17 @@ def main() -> None:
         "adapter_over_fit": med["trainer_fq_baq"] / med["fit_baq"],
         "adapter_over_trainer_fp32": med["trainer_fq_baq"] / med["trainer_fp32"],
         "trainer_over_fit_fp32": trainer_own,
+        "adapter_over_fit_same_data_path": same_data,
+        "trainer_over_fit_fp32_same_data_path": med["trainer_fp32"] / med["fit_fp32_loader"],
+        "callback_own_share": share,
         "load_average_1min_at_end": os.getloadavg()[0],
         "samples": {k: len(v) for k, v in samples.items()},
     }
-    path = Path(__file__).parent / "results" / "hf_overhead.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = opt.out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)  # atomic
     print(f"\nwrote {path}")
 
 
