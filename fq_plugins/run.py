@@ -497,6 +497,8 @@ def _run_in(
     finally:
         report.wall_seconds = time.perf_counter() - t_run
         _write_report(report, out)
+        if is_main():
+            _write_html(report, out, log)
     pm.on_run_end(report, out)
     return report, out
 
@@ -544,6 +546,19 @@ def _select(
         + ", ".join(f"{g['name']} {g['kept']}/{g['full']}" for g in result.per_group)
     )
     return result.apply(train), energy, result.to_dict()
+
+
+def _write_html(report: RunReport, out: str, log: Log) -> None:
+    """``report.html`` beside ``report.json`` (once, at the end: it renders every plot). A
+    failure here costs the page only, never the run: it is logged with its reason."""
+    from .html_report import write_html_report
+
+    try:
+        write_html_report(report.to_dict(), out)
+    except (FQError, OSError, ValueError, RuntimeError) as exc:
+        log(
+            f"warning: report.html not written ({type(exc).__name__}: {exc}); report.json is complete"
+        )
 
 
 def _dataset_info(train: GroupDataset, test: GroupDataset) -> dict[str, Any]:
