@@ -24,12 +24,14 @@ Two kinds of "no data" are kept apart:
       classes.
 
 Every rate-based metric calls :func:`safe_rate` and :func:`group_spread`; nothing else
-divides counts.
+divides counts. :func:`check_pos_label` / :func:`pos_label_in_range` validate the positive
+class (``fairness.pos_label``) that a binary task's headline values are reported for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Literal, get_args
 
 import torch
@@ -41,12 +43,14 @@ __all__ = [
     "UNDEFINED_POLICIES",
     "ClassRates",
     "UndefinedPolicy",
+    "check_pos_label",
     "check_undefined",
     "class_max",
     "class_mean",
     "class_min",
     "class_rates",
     "group_spread",
+    "pos_label_in_range",
     "safe_rate",
 ]
 
@@ -64,6 +68,38 @@ def check_undefined(policy: str, *, key: str = "fairness.undefined") -> Undefine
             key=key,
         )
     return policy  # type: ignore[return-value]
+
+
+def check_pos_label(pos_label: object, *, key: str = "fairness.pos_label") -> int:
+    """Validate a positive-class id (an integer ≥ 0); raise :class:`ConfigError` naming it.
+
+    The upper bound depends on the task and is checked by :func:`pos_label_in_range` once
+    the number of classes is known.
+    """
+    bad = isinstance(pos_label, bool)
+    try:
+        value = operator.index(pos_label)  # type: ignore[arg-type]
+    except TypeError:
+        bad = True
+    if bad or value < 0:
+        raise ConfigError(
+            f"pos_label {pos_label!r} is not a class id; it must be an integer ≥ 0 (the id of "
+            "the positive class, fairlearn's pos_label). Set it to 1 (the default) or 0.",
+            key=key,
+        )
+    return int(value)
+
+
+def pos_label_in_range(pos_label: int, n_classes: int, *, key: str = "fairness.pos_label") -> int:
+    """``pos_label`` if it lies in ``[0, n_classes)``, else a :class:`ConfigError` naming it."""
+    if not 0 <= pos_label < n_classes:
+        raise ConfigError(
+            f"pos_label {pos_label} is outside [0, {n_classes}): this task has {n_classes} "
+            f"classes (ids 0..{n_classes - 1}). Set it to the id of the positive class "
+            f"(for a binary task 1, the default, or 0).",
+            key=key,
+        )
+    return pos_label
 
 
 def safe_rate(num: torch.Tensor, den: torch.Tensor, policy: UndefinedPolicy) -> torch.Tensor:

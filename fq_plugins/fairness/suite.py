@@ -1,29 +1,40 @@
 """The fairness-metric suite (a plugin module, written like a third-party one).
 
 Every metric reads the shared :class:`~fq_plugins.fairness.table.GroupConfusion` and takes
-one option, ``undefined`` (``nan`` | ``zero`` | ``skip``, default ``skip``; see
-:mod:`fq_plugins.fairness.rates`). Groups without examples are always left out.
+the option ``undefined`` (``nan`` | ``zero`` | ``skip``, default ``skip``; see
+:mod:`fq_plugins.fairness.rates`); the per-class rate metrics also take ``pos_label``
+(default 1). Groups without examples are always left out.
 
 Families (all values are fractions in [0, 1] unless stated):
 
 * ``mean_group_accuracy`` — mean over groups of per-group accuracy (FairQuant's avg_acc;
   the same figure as ``group_accuracy``'s headline, under its own name).
-* FairQuant (METHODS.md §7), per class *c* one-vs-rest, then the mean over classes:
-  ``eopp1`` = TPR gap, ``eopp0`` = TNR gap, ``eodd`` = TPR gap + FPR gap (so in [0, 2]).
-* One-vs-rest differences, max − min over groups per class; value = mean over classes,
-  ``details["max_over_classes"]`` = the worst class, ``per_class`` = every class:
-  ``dp_diff`` (selection rate; alias ``dp_gap``), ``eopp_diff`` (TPR), ``eodds_diff``
-  (max of TPR and FPR differences — fairlearn's ``equalized_odds_difference``).
-* Ratio variants, min / max over groups per class (1 = parity); value = mean over classes,
-  ``details["min_over_classes"]`` = the worst class: ``dp_ratio``, ``eopp_ratio``,
-  ``eodds_ratio`` (min of TPR and FPR ratios — fairlearn's ``equalized_odds_ratio``).
+* Per-class rate metrics. For every class *c*, one-vs-rest, a spread over groups:
+
+  - FairQuant / FairPrune: ``eopp1`` = TPR gap, ``eopp0`` = TNR gap, ``eodd`` = TPR gap +
+    FPR gap (so in [0, 2]);
+  - differences, max − min over groups: ``dp_diff`` (selection rate; alias ``dp_gap``),
+    ``eopp_diff`` (TPR), ``eodds_diff`` (max of the TPR and FPR differences);
+  - ratios, min / max over groups (1 = parity): ``dp_ratio``, ``eopp_ratio``,
+    ``eodds_ratio`` (min of the TPR and FPR ratios).
+
+  **Headline value.** A *binary* task (2 classes) reports the value of the positive class
+  ``pos_label`` — fairlearn's convention: ``dp_diff`` / ``dp_ratio``, ``eopp_diff`` /
+  ``eopp_ratio``, ``eodds_diff`` / ``eodds_ratio`` equal fairlearn's
+  ``demographic_parity_*``, ``equal_opportunity_*``, ``equalized_odds_*`` (with
+  ``undefined: zero``), and ``eopp1`` is the TPR gap, ``eopp0`` the TNR gap of the positive
+  class, as in the FairQuant / FairPrune papers. A *multi-class* task reports the mean over
+  classes (``pos_label`` is only range-checked). ``per_class`` holds every class either way,
+  ``details["mean_over_classes"]`` the mean, ``details["max_over_classes"]`` (differences)
+  or ``details["min_over_classes"]`` (ratios) the worst class.
 * Additive multi-class forms (memorization-and-fairness paper):
   ``delta_sp`` = Σ_y |P(Ŷ=y|A=a) − P(Ŷ=y|A=a′)| (in [0, 2]),
   ``delta_eopp`` = Σ_y |P(Ŷ=y|Y=y,A=a) − P(Ŷ=y|Y=y,A=a′)| (in [0, C]),
   ``delta_eodds`` = Σ_y′ Σ_y |P(Ŷ=y|Y=y′,A=a) − P(Ŷ=y|Y=y′,A=a′)| (in [0, 2C]).
   Defined for two groups; **for more than two groups the value is the maximum over all
   pairs of groups with examples** (``details["pair"]`` names the pair). ``details["normalized"]``
-  divides by the largest possible value (2, C, 2C) so it lies in [0, 1].
+  divides by the largest possible value (2, C, 2C) so it lies in [0, 1]. They sum over
+  every class and take no ``pos_label``.
 """
 
 from __future__ import annotations
@@ -38,12 +49,14 @@ from ..protocols import FairnessMetric, MetricResult
 from .metrics import GroupAccuracy
 from .rates import (
     UndefinedPolicy,
+    check_pos_label,
     check_undefined,
     class_max,
     class_mean,
     class_min,
     class_rates,
     group_spread,
+    pos_label_in_range,
     safe_rate,
 )
 from .table import GroupConfusion
@@ -98,7 +111,19 @@ class MeanGroupAccuracy(GroupAccuracy):
 
 
 class _PerClass(RateMetric):
-    """Per class: a spread over groups of one or two one-vs-rest rates."""
+    """Per class: a spread over groups of one or two one-vs-rest rates.
+
+    Headline: the positive class ``pos_label`` for a binary task (fairlearn's convention),
+    the mean over classes otherwise.
+
+    :param undefined: ``nan`` | ``zero`` | ``skip`` (see :mod:`fq_plugins.fairness.rates`).
+    :param pos_label: the positive class of a binary task, an id in ``[0, n_classes)``;
+        checked against the table's number of classes in :meth:`compute`.
+    """
+
+    def __init__(self, undefined: str = "skip", pos_label: int = 1) -> None:
+        super().__init__(undefined)
+        self.pos_label = check_pos_label(pos_label)
 
     kind: ClassVar[Literal["diff", "ratio"]] = "diff"  # max − min, or min / max
     rates: ClassVar[tuple[str, ...]] = ("selection",)  # fields of ClassRates
@@ -147,8 +172,26 @@ class _PerClass(RateMetric):
         return val, shown
 
     def compute(self, table: GroupConfusion) -> MetricResult:
+        pos = pos_label_in_range(self.pos_label, table.n_classes)
         val, shown = self.per_class(table)
+        mean = class_mean(val, self.undefined)
         details = self._common(table)
+        details["classes"] = list(table.class_names)
+        if table.n_classes == 2:
+            value = float(val[pos])
+            counted = not math.isnan(value)
+            if not counted and self.undefined == "skip":
+                # no group has data for this rate of the positive class (e.g. no positive
+                # example at all): fewer than two groups have data, so the gap is neutral
+                value = 0.0 if self.kind == "diff" else 1.0
+            details["reduction"] = "pos_label"
+            details["pos_label"] = pos
+            details["pos_label_counted"] = counted
+        else:
+            value = mean
+            details["reduction"] = "mean_over_classes"
+            details["pos_label"] = None  # multi-class: every class counts, none is positive
+        details["mean_over_classes"] = mean
         if self.kind == "diff":
             details["max_over_classes"] = class_max(val, self.undefined)
         else:
@@ -157,7 +200,7 @@ class _PerClass(RateMetric):
         details.update(shown)
         return MetricResult(
             self.name,
-            class_mean(val, self.undefined),
+            value,
             per_class=_floats(val),
             higher_is_better=self.kind == "ratio",
             details=details,
@@ -165,12 +208,12 @@ class _PerClass(RateMetric):
 
 
 class DPDiff(_PerClass):
-    """Demographic-parity difference per class (one-vs-rest selection rate, max − min)."""
+    """Demographic-parity difference (selection rate P(Ŷ=c | A=g), max − min over groups)."""
 
     name = "dp_diff"
     description = (
-        "Per-class one-vs-rest demographic-parity difference (max − min selection rate over "
-        "groups); value = mean over classes, details max over classes."
+        "Demographic-parity difference (max − min selection rate over groups); binary: of "
+        "pos_label (= fairlearn), multi-class: mean over classes one-vs-rest."
     )
 
 
@@ -178,62 +221,62 @@ class DPGap(DPDiff):
     """Alias of ``dp_diff`` under the name used in DESIGN.md's recipe sketch."""
 
     name = "dp_gap"
-    description = "Alias of dp_diff (per-class demographic-parity difference, mean over classes)."
+    description = "Alias of dp_diff (demographic-parity difference; binary: of pos_label)."
 
 
 class EOppDiff(_PerClass):
-    """Equal-opportunity difference per class (one-vs-rest TPR, max − min)."""
+    """Equal-opportunity difference (TPR, max − min over groups)."""
 
     name = "eopp_diff"
     description = (
-        "Per-class one-vs-rest equal-opportunity difference (max − min TPR over groups); "
-        "value = mean over classes, details max over classes."
+        "Equal-opportunity difference (max − min TPR over groups); binary: of pos_label "
+        "(= fairlearn), multi-class: mean over classes one-vs-rest."
     )
     rates = ("tpr",)
 
 
 class EOddsDiff(_PerClass):
-    """Equalized-odds difference per class: max of the TPR and FPR differences."""
+    """Equalized-odds difference: max of the TPR and FPR differences."""
 
     name = "eodds_diff"
     description = (
-        "Per-class one-vs-rest equalized-odds difference (max of TPR and FPR differences, "
-        "as fairlearn); value = mean over classes, details max over classes."
+        "Equalized-odds difference (max of TPR and FPR differences); binary: of pos_label "
+        "(= fairlearn), multi-class: mean over classes one-vs-rest."
     )
     rates = ("tpr", "fpr")
     combine = "max"
 
 
 class DPRatio(_PerClass):
-    """Demographic-parity ratio per class: min / max selection rate over groups."""
+    """Demographic-parity ratio: min / max selection rate over groups."""
 
     name = "dp_ratio"
     description = (
-        "Per-class one-vs-rest demographic-parity ratio (min / max selection rate); "
-        "value = mean over classes, details min over classes; 1 = parity."
+        "Demographic-parity ratio (min / max selection rate, 1 = parity); binary: of "
+        "pos_label (= fairlearn), multi-class: mean over classes one-vs-rest."
     )
     kind = "ratio"
 
 
 class EOppRatio(_PerClass):
-    """Equal-opportunity ratio per class: min / max TPR over groups."""
+    """Equal-opportunity ratio: min / max TPR over groups."""
 
     name = "eopp_ratio"
     description = (
-        "Per-class one-vs-rest equal-opportunity ratio (min / max TPR); value = mean over "
-        "classes, details min over classes; 1 = parity."
+        "Equal-opportunity ratio (min / max TPR, 1 = parity); binary: of pos_label "
+        "(= fairlearn), multi-class: mean over classes one-vs-rest."
     )
     kind = "ratio"
     rates = ("tpr",)
 
 
 class EOddsRatio(_PerClass):
-    """Equalized-odds ratio per class: min of the TPR and FPR ratios."""
+    """Equalized-odds ratio: min of the TPR and FPR ratios."""
 
     name = "eodds_ratio"
     description = (
-        "Per-class one-vs-rest equalized-odds ratio (min of TPR and FPR ratios, as "
-        "fairlearn); value = mean over classes, details min over classes; 1 = parity."
+        "Equalized-odds ratio (min of TPR and FPR ratios, 1 = parity); binary: of "
+        "pos_label (= fairlearn), multi-class: mean over classes one-vs-rest."
     )
     kind = "ratio"
     rates = ("tpr", "fpr")
@@ -241,25 +284,34 @@ class EOddsRatio(_PerClass):
 
 
 class EOpp1(EOppDiff):
-    """FairQuant's EOpp1: mean over classes of the TPR gap across groups."""
+    """FairQuant's EOpp1: the TPR gap across groups (binary: of ``pos_label``)."""
 
     name = "eopp1"
-    description = "FairQuant EOpp1: mean over classes of the max − min TPR across groups."
+    description = (
+        "FairQuant EOpp1: max − min TPR across groups; binary: of pos_label, multi-class: "
+        "mean over classes."
+    )
 
 
 class EOpp0(_PerClass):
-    """FairQuant's EOpp0: mean over classes of the TNR gap across groups."""
+    """FairQuant's EOpp0: the TNR gap across groups (binary: of ``pos_label``)."""
 
     name = "eopp0"
-    description = "FairQuant EOpp0: mean over classes of the max − min TNR across groups."
+    description = (
+        "FairQuant EOpp0: max − min TNR across groups; binary: of pos_label, multi-class: "
+        "mean over classes."
+    )
     rates = ("tnr",)
 
 
 class EOdd(_PerClass):
-    """FairQuant's EOdd: mean over classes of (TPR gap + FPR gap); in [0, 2]."""
+    """FairQuant's EOdd: TPR gap + FPR gap across groups; in [0, 2]."""
 
     name = "eodd"
-    description = "FairQuant EOdd: mean over classes of (TPR gap + FPR gap) across groups."
+    description = (
+        "FairQuant EOdd: TPR gap + FPR gap across groups; binary: of pos_label, "
+        "multi-class: mean over classes."
+    )
     rates = ("tpr", "fpr")
     combine = "sum"
 
