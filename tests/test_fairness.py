@@ -93,3 +93,15 @@ def test_merge_equals_single_pass():
 def test_all_reduce_without_distributed_is_noop(table):
     before = table.counts.clone()
     assert torch.equal(table.all_reduce().counts, before)
+
+
+def test_logits_need_one_column_per_class():
+    # a single-logit binary model: argmax over one column would be 0 for every example
+    with pytest.raises(ConfigError, match=r"shape \(3, 1\): 1 logit column.*logits > 0"):
+        GroupConfusion(1, 2).update(torch.tensor([[2.0], [-1.0], [0.5]]), [1, 0, 1], [0, 0, 0])
+    with pytest.raises(ConfigError, match=r"3 logit column\(s\) for a 4-class table"):
+        GroupConfusion(1, 4).update(torch.zeros(2, 3), [0, 3], [0, 0])
+    # the suggested conversion gives the right class ids
+    logits = torch.tensor([[2.0], [-1.0], [0.5]])
+    t = GroupConfusion(1, 2).update((logits > 0).long().flatten(), [1, 0, 1], [0, 0, 0])
+    assert t.overall_accuracy() == 1.0

@@ -58,9 +58,24 @@ class GroupConfusion:
         targets: torch.Tensor | Sequence[int],
         groups: torch.Tensor | Sequence[int],
     ) -> GroupConfusion:
-        """Add a batch. ``preds`` are class ids (or logits of shape ``(N, C)``, argmax taken)."""
+        """Add a batch. ``preds`` are class ids (or logits of shape ``(N, C)``, argmax taken).
+
+        Logits must have one column per class: a single-logit binary model (``(N, 1)``,
+        sigmoid) would make the argmax 0 for every example, so it is refused — pass
+        ``(logits > 0).long().flatten()`` (class ids) instead.
+        """
         p = torch.as_tensor(preds)
         if p.dim() == 2:
+            if p.shape[1] != self.n_classes:
+                raise ConfigError(
+                    f"predictions have shape {tuple(p.shape)}: {p.shape[1]} logit column(s) for "
+                    f"a {self.n_classes}-class table. Give one logit per class, or class ids "
+                    + (
+                        "(a single-logit binary model: `(logits > 0).long().flatten()`)."
+                        if p.shape[1] == 1
+                        else "(`logits.argmax(1)`)."
+                    )
+                )
             p = p.argmax(dim=1)
         p = _as_long(p, "predictions").cpu()
         t = _as_long(targets, "targets").cpu()
