@@ -10,7 +10,9 @@ rates with the groups lacking data removed by plain numpy counting.
 The 1,000+ random cases go through one ``MetricFrame`` per class index with the case id as
 a control feature (fairlearn's own engine, computing each case's groups separately); a
 smaller set goes through the public functions (``demographic_parity_difference`` …) one
-case at a time, which also shows the two routes agree.
+case at a time, which also shows the two routes agree. These check ``per_class``; the
+binary headline value (the positive class, ``pos_label``) is checked against fairlearn's
+public functions in ``tests/test_fairness_binary.py``.
 """
 
 from __future__ import annotations
