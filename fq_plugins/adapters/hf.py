@@ -36,7 +36,15 @@ How each Trainer fact is met (measured on transformers 5.24):
 * **metrics** — :meth:`FQCallback.compute_metrics` reads ``label_ids = (labels, group)``
   (``label_names`` order) and returns the report's figures: accuracy, per-group accuracy,
   the recipe's fairness metrics, bits / sparsity / packed size / BOPs (``session.cost``)
-  and the training energy, each named ``..._measured`` or ``..._estimated``.
+  and the energy of training and of this evaluation (with ``fq.trainer``, whose
+  ``evaluation_loop`` meters each evaluation as its own phase and pauses the train
+  phase meanwhile), each named ``..._measured`` or ``..._estimated``.
+* **from_pretrained / save_pretrained** — :class:`FQQuantizationConfig` and
+  :class:`FQHfQuantizer`, registered as ``quant_method="fq_plugins"`` on import: the
+  methods attach after the weights load (no uninitialised tensor), the checkpoint keeps
+  the plain weight names (a load without fq-plugins is the FP32 model, with
+  transformers' warning) plus the methods' own tensors, and a reload rebuilds the
+  compressed model exactly.
 
 Private transformers pieces used: none beyond documented ``Trainer`` methods
 (``create_optimizer``, ``get_decay_parameter_names``, ``get_optimizer_cls_and_kwargs``,
@@ -712,8 +720,8 @@ class FQCallback(TrainerCallback):
         if self.example_input is not None:
             loaded = cast(Any, type(final)).from_pretrained(os.fspath(path)).to(self.example_input.device)
             a, b = run_probe(self._probe, final), run_probe(self._probe, loaded)
-            want, got = final.state_dict(), loaded.state_dict()
-            differ = [k for k in want if k not in got or not torch.equal(want[k], got[k])]
+            mine, theirs = final.state_dict(), loaded.state_dict()
+            differ = [k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k])]
             # the weights must be bit-identical; the logits may differ in the last bits (a
             # CPU conv kernel can pick another algorithm for the reloaded tensors' layout)
             diff = float((a - b).abs().max()) if a.numel() else 0.0
@@ -1169,9 +1177,26 @@ class FQHfQuantizer(HfQuantizer):
         device = next(model.parameters()).device
         group_key = recipe.fairness.group_key
         if self.pre_quantized:
+            # structure only: every method tensor is overwritten from the checkpoint below.
+            # A method that measures even in a dry run gets one placeholder batch (zeros of
+            # the saved input shape, class 0, group 0); nothing it computes from it survives.
             x = _from_spec(cfg.example_input, device)
-            ctx = AttachContext(group_key=group_key, n_groups=cfg.n_groups, device=device,
-                                example_input=x, dry_run=True)
+            placeholder = None
+            if x is not None:
+                zeros = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+                batch = (x, zeros, zeros)
+
+                def placeholder() -> Iterator[Any]:
+                    yield batch
+
+            ctx = AttachContext(
+                calib_batches=placeholder,
+                group_key=group_key,
+                n_groups=cfg.n_groups,
+                device=device,
+                example_input=x,
+                dry_run=True,
+            )
         else:
             calib = None
             if cfg._calib_dataset is not None:

@@ -109,13 +109,9 @@ def test_bmrs_after_removal_checkpoints(tmp_path: Any) -> None:
         assert torch.equal(back(pixel_values=x).logits, final(pixel_values=x).logits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BMRS's trace does not know transformers.activations.GELUActivation as an "
-    "elementwise op, so it gates no MLP unit of a HF ViT (being fixed in "
-    "fq_plugins/compressors/bmrs/)",
-)
 def test_bmrs_on_hf_vit_removes_mlp_units(tmp_path: Any) -> None:
+    # HF's MLP activation is transformers.activations.GELUActivation: BMRS's trace must
+    # know it as elementwise to gate the MLP's hidden units
     fq = FQCallback.from_recipe(recipe({"method": "bmrs"}))
     fq.trainer(Trainer, model=vit(), args=targs(tmp_path), train_dataset=ImageDS(32, 1))
     (method,) = fq.pipeline.session.methods
