@@ -47,7 +47,7 @@ def have_matplotlib() -> bool:
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=_DPI)
+    return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
 
 
 def _png(fig: Any) -> bytes:
@@ -157,9 +157,7 @@ def pareto_png(points: Sequence[ParetoPoint]) -> bytes:
         ax.grid(True, alpha=0.3)
         ax.set_title(f"{label} against bits")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
-    n_legend_rows = math.ceil(len(labels) / 4)
-    fig.tight_layout(rect=(0, min(0.4, 0.075 * n_legend_rows + 0.02), 1, 1))
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
     return _png(fig)
 
 
@@ -199,7 +197,6 @@ def group_accuracy_png(
         loc="upper center",
         bbox_to_anchor=(0.5, -0.18 if n_v > 5 else -0.1),
     )
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -239,7 +236,6 @@ def layer_bits_png(variants: Sequence[LayerBits]) -> bytes:
         avg = f"avg {v.avg_bits:.2f} bits (parameter-weighted)" if _finite(v.avg_bits) else ""
         ax.set_title(f"{v.name}  {avg}", fontsize=9, loc="left")
         ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -351,7 +347,6 @@ def energy_png(bars: Sequence[EnergyBar]) -> bytes:
         ax2.set_ylabel("gCO2e")
         ax2.set_title("CO2 per variant (J × PUE × intensity; hatched: estimated J)")
         ax2.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -379,6 +374,5 @@ def plot_layer_bits(cost: ModelCost, path: str, title: str) -> str | None:
     ax.set_ylabel("weight bits (mean; bar = channel min–max)")
     ax.set_title(f"{title}: avg {cost.avg_bits_param:.2f} bits (parameter-weighted)")
     ax.set_ylim(0, max([lc.bits_channel_max for lc in layers] + [1.0]) + 1)
-    fig.tight_layout()
     atomic_write(path, _png(fig))
     return path
