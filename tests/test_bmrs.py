@@ -16,6 +16,7 @@ from torch import nn
 from fq_plugins.accounting import model_cost
 from fq_plugins.compressors.bmrs import BMRSCompressor, BMRSConfig
 from fq_plugins.compressors.bmrs.evidence import (
+    REFERENCE_LOG_SIGMA,
     delta_f_normal,
     delta_f_uniform,
     effective,
@@ -316,7 +317,10 @@ def test_masks_follow_the_criterion_come_back_and_freeze() -> None:
 @pytest.mark.parametrize(
     "cfg,expect",
     [
-        ({"prior": "normal"}, [1, 0, 0, 0]),
+        ({"prior": "normal", "delta_f": "exact"}, [1, 0, 0, 0]),
+        # the reference ΔF is the exact one + ½·log 2π: the diffuse unit in the middle (exact
+        # ΔF ≈ −0.05 > −0.92) prunes too
+        ({"prior": "normal"}, [1, 1, 0, 0]),
         # BMRS_U's reduced prior is [ln 2^-23, ln 2^-p] (METHODS.md): a posterior below
         # ln 2^-23 = -15.9 has no mass there, so the unit at a is kept
         ({"prior": "uniform", "precision": 8}, [0, 1, 0, 0]),
@@ -468,6 +472,7 @@ def test_no_gateable_layer_is_a_clear_error() -> None:
         ({"precision": 23.0}, r"outside \(0, 23\)"),
         ({"precision": -3}, r"outside \(0, 23\)"),
         ({"prior": "uniform", "a": -10.0}, "must lie inside"),
+        ({"kl_reduction": "elbo"}, "set n_train"),
     ],
 )
 def test_bad_config_values(cfg, match) -> None:
@@ -706,3 +711,301 @@ def test_missing_pruning_extra_is_reported_at_attach(monkeypatch) -> None:
             AttachContext(example_input=torch.randn(2, 3, 2, 2)),
         )
     assert not any(hasattr(m, "bmrs_gate") for m in mlp.modules())
+
+
+# --- issue 16: the reference code's ΔF and clamps, KL reduction, all-pruned layers --------
+
+
+def _reference_delta_f_mp(mu: float, sig: float, a: float = A, b: float = B) -> float:
+    """The reference code's ``deltaF`` (saintslab/bmrs-structured-pruning, modules/layers.py)
+    written out literally — term1 + term2 + term3 with μ̃_p = a, σ̃_p = √1e−12 — and evaluated
+    with mpmath at 60 digits, so the 10¹⁴-sized terms cancel exactly."""
+    import mpmath as mp
+
+    with mp.workdps(60):
+        mu_, var, a_, b_ = mp.mpf(mu), mp.mpf(sig) ** 2, mp.mpf(a), mp.mpf(b)
+        s = mp.sqrt(mp.mpf("1e-12"))
+        m = a_
+        var_qt = 1 / (1 / var + 1 / s**2)
+        mu_qt = var_qt * (mu_ / var + m / s**2)
+
+        def z(mm, ss):
+            return mp.ncdf((b_ - mm) / ss) - mp.ncdf((a_ - mm) / ss)
+
+        term1 = mp.log(z(mu_qt, mp.sqrt(var_qt)) * (b_ - a_) / (z(mu_, mp.sqrt(var)) * z(m, s)))
+        term2 = mp.log(var_qt / (var * s**2)) / 2
+        term4 = m**2 / s**2 - mu_qt**2 / var_qt
+        term3 = -(mu_**2 / var + term4) / 2
+        return float(term1 + term2 + term3)
+
+
+@pytest.mark.parametrize(
+    "mu,sig", [(-0.5, 200.0), (-0.85, 35.0), (-0.5, math.exp(5)), (-5.0, 2.0), (-18.0, 1.5)]
+)
+def test_delta_f_reference_and_exact_against_independent_closed_forms(mu, sig) -> None:
+    ref = float(delta_f_normal(_t(mu), _t(math.log(sig)), A, B, reference=True))
+    exact = float(delta_f_normal(_t(mu), _t(math.log(sig)), A, B))
+    want_ref = _reference_delta_f_mp(mu, sig)
+    assert ref == pytest.approx(want_ref, rel=1e-8, abs=1e-8)
+    # exact: the log evidence ratio log ∫ q p̃ / p, by quadrature over the spike's support
+    q = _tn(mu, sig)
+    s = 1e-6
+    z_p = 0.5  # a spike at a truncated to [a, b] keeps half its mass
+
+    def f(x: float) -> float:
+        return float(q.logpdf(x) + stats.norm.logpdf(x, A, s) - math.log(z_p) + math.log(B - A))
+
+    mx = max(f(x) for x in np.linspace(A, A + 40 * s, 2001))
+    want_exact = mx + math.log(_quad(lambda x: math.exp(f(x) - mx), A, A + 40 * s, [A]))
+    assert exact == pytest.approx(want_exact, rel=1e-6, abs=1e-6)
+
+
+def test_diffuse_gate_prunes_under_the_reference_delta_f_only() -> None:
+    # the issue's case: a diffuse posterior near the top of [a, b]
+    ref = float(delta_f_normal(_t(-0.5), _t(math.log(200.0)), A, B, reference=True))
+    exact = float(delta_f_normal(_t(-0.5), _t(math.log(200.0)), A, B))
+    assert -0.01 < exact < 0 < 0.9 < ref < 0.92
+    assert ref - exact == pytest.approx(0.5 * math.log(2 * math.pi), abs=1e-9)
+
+
+def test_compressor_delta_f_option() -> None:
+    mlp = MLP(12, 3, hidden=4)
+    x = torch.randn(2, 3, 2, 2)
+    ref, exact = (_attach(copy.deepcopy(mlp), x, delta_f=d) for d in ("reference", "exact"))
+    for c in (ref, exact):
+        with torch.no_grad():
+            c.sites[0].host.bmrs_gate.mu.copy_(torch.tensor([-0.5, -5.0, -18.0, -9.0]))
+            c.sites[0].host.bmrs_gate.log_sigma.copy_(torch.tensor([4.9, 0.7, 0.4, 3.4]))
+    d_ref, _ = ref.prune_score(ref.sites[0])
+    d_ex, _ = exact.prune_score(exact.sites[0])
+    torch.testing.assert_close(d_ref - d_ex, torch.full((4,), 0.5 * math.log(2 * math.pi), dtype=D))
+    assert ref.stats().extra["delta_f"] == "reference"
+
+
+@pytest.mark.parametrize("fn", ["kl", "mean", "snr"])
+def test_reference_clamp_bounds_log_sigma_with_zero_gradient(fn) -> None:
+    f = {"kl": kl_to_log_uniform, "mean": gate_mean, "snr": gate_snr}[fn]
+    mu = torch.tensor([-3.0, -3.0])
+    ls = torch.tensor([7.0, -22.0], requires_grad=True)
+    got = f(mu, ls, A, B, REFERENCE_LOG_SIGMA)
+    at_bounds = f(mu, torch.tensor([5.0, -20.0]), A, B, REFERENCE_LOG_SIGMA)
+    torch.testing.assert_close(got.detach(), at_bounds)
+    got.sum().backward()
+    assert ls.grad is not None and bool((ls.grad == 0).all())
+    if fn == "kl":  # independent check at the clamped σ = e⁵ by quadrature
+        q = _tn(-3.0, math.exp(5.0))
+        want = _quad(lambda x: q.pdf(x) * (q.logpdf(x) + math.log(B - A)), A, B, [-3.0])
+        assert float(got[0]) == pytest.approx(want, rel=1e-6, abs=1e-8)
+    # the effective mode does not stop at 5 (its bound is log 10(b − a) ≈ 5.3)
+    eff = f(mu[:1], torch.tensor([7.0]), A, B)
+    assert not torch.allclose(eff, at_bounds[:1])
+
+
+def test_reference_sampling_uses_the_clamped_sigma() -> None:
+    u = torch.rand(64, 1, dtype=D)
+    mu = torch.tensor([-4.0], dtype=D)
+    got = gate_sample(mu, torch.tensor([9.0], dtype=D), A, B, u, REFERENCE_LOG_SIGMA)
+    want = gate_sample(mu, torch.tensor([5.0], dtype=D), A, B, u)
+    torch.testing.assert_close(got, want)
+
+
+def test_delta_f_uniform_reference_clamps_mu_into_the_bounds() -> None:
+    # the reference's BMRS_U clamps μ to [a, b] and log σ ≥ −20 (no upper bound)
+    got = delta_f_uniform(_t(3.0), _t(0.0), A, B, reference=True)
+    want = delta_f_uniform(_t(0.0), _t(0.0), A, B)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(delta_f_uniform(_t(3.0), _t(0.0), A, B), want)
+
+
+def test_kl_reductions() -> None:
+    torch.manual_seed(0)
+    mlp = MLP(12, 3, hidden=8)
+    x = torch.randn(2, 3, 2, 2)
+    lm = _attach(copy.deepcopy(mlp), x)
+    elbo = _attach(copy.deepcopy(mlp), x, kl_reduction="elbo", n_train=1000, kl_weight=2.0)
+    for c in (lm, elbo):
+        with torch.no_grad():
+            for i, s in enumerate(c.sites):
+                s.host.bmrs_gate.mu.copy_(torch.linspace(-15.0, -1.0, 8) + i)
+                s.host.bmrs_gate.log_sigma.copy_(torch.linspace(-3.0, 2.0, 8))
+    per_layer = []
+    total = 0.0
+    for s in lm.sites:  # float64 quadrature of each unit's KL
+        g = s.host.bmrs_gate
+        kls = []
+        for m, ls in zip(g.mu.tolist(), g.log_sigma.tolist(), strict=True):
+            q = _tn(m, math.exp(ls))
+            kls.append(_quad(lambda v, q=q: q.pdf(v) * (q.logpdf(v) + math.log(B - A)), A, B, [m]))
+        per_layer.append(sum(kls) / len(kls))
+        total += sum(kls)
+    assert float(lm.penalty()) == pytest.approx(sum(per_layer) / len(per_layer), rel=1e-5)
+    assert float(elbo.penalty()) == pytest.approx(2.0 * total / 1000, rel=1e-5)
+
+
+def _all_pruned_mlp() -> tuple[MLP, BMRSCompressor]:
+    mlp = MLP(4, 3, hidden=3)
+    comp = _attach(mlp, torch.randn(2, 1, 2, 2), criterion="snr", snr_threshold=1e6)
+    g = comp.sites[0].host.bmrs_gate
+    with torch.no_grad():
+        mlp.body[1].weight.copy_(torch.tensor([[3.0, 0, 0, 0], [1.0, 0, 0, 0], [2.0, 0, 0, 0]]))
+        # SNR ranks unit 1 highest (confident), unit 0 has the largest weights but E[θ] tiny
+        g.mu.copy_(torch.tensor([-12.0, -1.0, -0.5]))
+        g.log_sigma.copy_(torch.tensor([0.0, -4.0, 0.0]))
+    return mlp, comp
+
+
+def test_all_pruned_layer_warns_reports_and_keeps_largest_mean_times_norm() -> None:
+    mlp, comp = _all_pruned_mlp()
+    g = comp.sites[0].host.bmrs_gate
+    mean = gate_mean(g.mu.detach(), g.log_sigma.detach(), A, B).tolist()
+    score = [m * n for m, n in zip(mean, [3.0, 1.0, 2.0], strict=True)]
+    want = int(np.argmax(score))
+    snr = gate_snr(g.mu.detach(), g.log_sigma.detach(), A, B)
+    assert want != int(snr.argmax())  # the rule is not the criterion's own ranking
+    with pytest.warns(RuntimeWarning, match=r"pruned every unit of 2 layer\(s\) \(body.1, body.3"):
+        comp.update_masks()
+    assert g.mask.tolist() == [float(i == want) for i in range(3)]
+    st = comp.stats().extra
+    assert st["all_pruned_layers"]["body.1"] == want and "body.3" in st["all_pruned_layers"]
+    assert "WARNING" in (comp.summary() or "") and "body.1" in (comp.summary() or "")
+    # in the model's state: a fresh compressor restored from the state_dict reports it
+    sd = mlp.state_dict()
+    mlp2, comp2 = _all_pruned_mlp()
+    mlp2.load_state_dict(sd)
+    assert comp2.stats().extra["all_pruned_layers"] == st["all_pruned_layers"]
+
+
+def test_all_pruned_survivor_includes_the_batchnorm_scale() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)
+    )
+    comp = _attach(net, torch.randn(2, 1, 2, 2), criterion="snr", snr_threshold=1e6)
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([3.0, 2.0, 1.0]).reshape(3, 1, 1, 1))
+        net[1].weight.copy_(torch.tensor([1.0, -4.0, 1.0]))
+        net[1].running_var.copy_(torch.tensor([1.0, 1.0, 0.01]))  # unit 2: 1/√0.01 = 10
+    with pytest.warns(RuntimeWarning, match="pruned every unit"):
+        comp.update_masks()
+    # |γ|·‖w‖/√var: 3, 8, 10 (equal gates) → unit 2
+    assert net[1].bmrs_gate.mask.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_batched_gates_equal_the_per_layer_computation() -> None:
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    x = torch.randn(3, 3, 16, 16)
+    comp = _attach(net, x[:2], init_log_sigma=0.5)
+    gates = comp._gates()
+    with torch.no_grad():
+        for i, g in enumerate(gates):
+            g.mu.copy_(torch.linspace(-12.0, 0.0, g.mu.numel()) + 0.1 * i)
+            g.mask[::5] = 0
+    bank = comp.bank
+    assert bank is not None
+    torch.manual_seed(3)
+    got = [bank.take(g, 4) for g in gates]
+    torch.manual_seed(3)
+    u = torch.rand(4, sum(g.mu.numel() for g in gates), dtype=D)
+    for g, t, uu in zip(gates, got, u.split([g.mu.numel() for g in gates], dim=1), strict=True):
+        want = gate_sample(g.mu, g.log_sigma, A, B, uu, REFERENCE_LOG_SIGMA).exp() * g.mask
+        torch.testing.assert_close(t, want)
+    means = [bank.take(g, None) for g in gates]
+    for g, m in zip(gates, means, strict=True):
+        torch.testing.assert_close(
+            m, gate_mean(g.mu, g.log_sigma, A, B, REFERENCE_LOG_SIGMA) * g.mask
+        )
+    # a training step reaches every gate; an interrupted forward leaves nothing stale behind
+    net.train()
+    bank.take(gates[0], 3)  # fills every slice, consumes one: as if the forward had stopped
+    net(x).sum().add(comp.penalty()).backward()
+    assert all(g.mu.grad is not None and bool(g.mu.grad.abs().sum() > 0) for g in gates)
+    assert not bank.cache
+    bank.take(gates[0], 3)
+    copy.deepcopy(net)  # no cached graph tensors travel with a copy
+
+
+def test_element_noise_differs_per_position() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)
+    )
+    comp = _attach(net, torch.randn(2, 1, 2, 2), noise="element", init_log_sigma=1.0)
+    gate = comp.sites[0].host.bmrs_gate
+    gate.train()
+    y = gate(torch.ones(3, 2, 2, 2))
+    assert y.shape == (3, 2, 2, 2)
+    assert not torch.equal(y[:, :, 0, 0], y[:, :, 1, 1])  # per element, not per channel
+    assert bool(((y > 0) & (y <= 1)).all())
+
+
+class _Swish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+class _PlusOne(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1.0
+
+
+def test_probe_classifies_unknown_activation_modules() -> None:
+    from fq_plugins.compressors.bmrs.trace import probe_elementwise
+
+    x = torch.randn(4, 6)
+    assert probe_elementwise(_Swish(), x) == "zero"
+    assert probe_elementwise(_PlusOne(), x) == "nonzero"
+    assert probe_elementwise(nn.Softmax(dim=-1), x) == "other"
+    assert probe_elementwise(nn.LayerNorm(6), x) == "other"
+
+    def mlp(act: nn.Module) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(4, 5), act, nn.Linear(5, 2))
+
+    comp = _attach(mlp(_Swish()), torch.randn(2, 1, 2, 2))
+    assert [s.name for s in comp.sites] == ["1"]
+    with pytest.raises(ConfigError, match="no layer it can gate"):
+        _attach(mlp(_PlusOne()), torch.randn(2, 1, 2, 2))
+
+
+def test_hf_vit_from_config_gates_and_removes_mlp_units() -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch_pruning")
+    cfg = transformers.ViTConfig(
+        image_size=16,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    vit = transformers.ViTForImageClassification(cfg).eval()
+
+    class Logits(nn.Module):  # the library's calls take a tensor and return one
+        def __init__(self, m: nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(pixel_values=x).logits
+
+    model = Logits(vit)
+    x = torch.randn(2, 3, 16, 16)
+    comp = _attach(model, x)
+    names = [s.name for s in comp.sites]
+    # the MLP's first linear layer of each block (transformers 5: vit.layers.i.mlp.fc1;
+    # 4.x: vit.encoder.layer.i.intermediate.dense), followed by GELUActivation
+    assert len(names) == 2 and all(n.endswith(("mlp.fc1", "intermediate.dense")) for n in names)
+    with torch.no_grad():
+        for s in comp.sites:
+            s.host.bmrs_gate.mask[::2] = 0
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+    final = comp.finalize(model)
+    with torch.no_grad():
+        torch.testing.assert_close(final(x), want, rtol=0, atol=1e-5)
+    fc1 = dict(final.named_modules())
+    assert [fc1[n].out_features for n in names] == [24, 24]

@@ -16,6 +16,12 @@ through per-unit operations. The rules (checked on a forward pass with an exampl
   LayerNorm mixes units), a gate followed by an activation with f(0) ≠ 0 (sigmoid,
   softplus) and transposed convs: not gated, with the reason recorded.
 
+Activation modules the table below does not list (``transformers.activations.GELUActivation``,
+a user's ``Swish``) are classified by probing them on their traced input: a module without
+parameters or buffers whose output has its input's shape, maps 0 to 0 and commutes with a
+random permutation of the elements is elementwise with f(0) = 0; one that commutes but maps
+0 elsewhere is "f(0) ≠ 0"; anything else (softmax, pooling, norms) is neither.
+
 Functional activations (``torch.sigmoid`` in ``forward``) are invisible to module hooks;
 ``finalize`` therefore checks the removal on the example input and keeps the masked
 (unremoved) model if it is not exact.
@@ -30,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["GateSite", "find_gate_sites"]
+__all__ = ["GateSite", "find_gate_sites", "probe_elementwise"]
 
 _ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -49,6 +55,40 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = (
 """Modules with f(0) = 0 applied per unit: a zero unit stays zero through them."""
 _NONZERO_AT_ZERO: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, nn.SELU)
 _MIXING_NORMS: tuple[type[nn.Module], ...] = (nn.GroupNorm, nn.LayerNorm)
+
+
+@torch.no_grad()
+def probe_elementwise(mod: nn.Module, x: torch.Tensor) -> str:
+    """``"zero"`` (elementwise, f(0) = 0), ``"nonzero"`` (elementwise, f(0) ≠ 0) or
+    ``"other"`` for a module, from the known types or by probing it on its input ``x``."""
+    if isinstance(mod, _ELEMENTWISE):
+        return "zero"
+    if isinstance(mod, _NONZERO_AT_ZERO):
+        return "nonzero"
+    if any(True for _ in mod.parameters()) or any(True for _ in mod.buffers()):
+        return "other"
+    if not x.is_floating_point() or x.numel() < 2:
+        return "other"
+    was_training = mod.training
+    mod.eval()
+    try:
+        y = mod(x)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            return "other"
+        gen = torch.Generator().manual_seed(0)
+        perm = torch.randperm(x.numel(), generator=gen).to(x.device)
+        xp = x.flatten()[perm].reshape(x.shape)
+        yp = mod(xp)
+        if not isinstance(yp, torch.Tensor) or yp.shape != x.shape:
+            return "other"
+        if not torch.allclose(yp.flatten(), y.flatten()[perm], rtol=1e-5, atol=1e-6):
+            return "other"
+        y0 = mod(torch.zeros_like(x))
+    except Exception:  # a module that cannot be re-run on its own input is not elementwise
+        return "other"
+    finally:
+        mod.train(was_training)
+    return "zero" if bool((y0 == 0).all()) else "nonzero"
 
 
 @dataclasses.dataclass
@@ -75,11 +115,14 @@ def find_gate_sites(
     calls: list[tuple[nn.Module, int, int]] = []  # (module, id(input), id(output)), call order
     keep: list[Any] = []  # hold every traced tensor so ids are not reused during the trace
 
+    inputs: dict[nn.Module, torch.Tensor] = {}
+
     def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
             keep.extend((x, out))
             calls.append((mod, id(x), id(out)))
+            inputs.setdefault(mod, x)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
     was_training = model.training
@@ -103,12 +146,20 @@ def find_gate_sites(
     for mod, _, _ in calls:
         n_calls[mod] = n_calls.get(mod, 0) + 1
 
+    kinds: dict[nn.Module, str] = {}
+
+    def kind(mod: nn.Module) -> str:
+        if mod not in kinds:
+            x = inputs.get(mod)
+            kinds[mod] = probe_elementwise(mod, x) if x is not None else "other"
+        return kinds[mod]
+
     def reaches_linear(tensor_id: int, depth: int = 0) -> bool:
         for c in consumers.get(tensor_id, []):
             if isinstance(c, nn.Linear):
                 return True
             if (
-                isinstance(c, _ELEMENTWISE)
+                kind(c) == "zero"
                 and depth < 8
                 and c in outputs
                 and reaches_linear(outputs[c], depth + 1)
@@ -163,7 +214,7 @@ def find_gate_sites(
             continue
         else:
             host = mod
-        if any(isinstance(c, _NONZERO_AT_ZERO) for c in consumers.get(outputs[host], [])):
+        if any(kind(c) == "nonzero" for c in consumers.get(outputs[host], [])):
             skipped[name] = (
                 "followed by an activation with f(0) ≠ 0 (a removed unit would not be zero)"
             )
