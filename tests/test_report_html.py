@@ -57,7 +57,7 @@ energy:
   carbon: {world_average: true}
 """
 
-pytestmark = pytest.mark.slow  # the module's run + ~8 page renders: ~20 s on a quiet 2-core box
+pytestmark = pytest.mark.slow  # one 2-seed run, 3 page renders, 3 Chromium launches: ~20 s
 
 NAMES = ["fp32", "uniform-4", "fq-3"]
 SEEDS = [0, 1]
