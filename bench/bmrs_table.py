@@ -13,6 +13,13 @@ finalize max |diff| against the gated model, and CPU latency of the finalized mo
 the dense one (same process, batch 64, interleaved, median of REPS timings each).
 
     python bench/bmrs_table.py [--seeds 0 1 2] [--epochs 20] [--mask-epochs 6] [--frozen-epochs 3]
+                               [--arch resnet18|mlp] [--kl layer_mean elbo] [--out FILE]
+
+Issue 16: BMRS_N uses the reference code's ΔF by default (`delta_f: reference`); the row
+"BMRS_N exact" keeps the exact evidence ratio. `--kl` runs every variant with each KL
+reduction (layer_mean: the reference code's mean per layer; elbo: summed KL / n_train),
+the elbo rows suffixed " elbo". `--arch mlp` swaps the ResNet for fq_plugins.models.MLP
+(hidden 256) on the flattened images.
 
 Writes bench/results/bmrs_table.json (a seed already there is replaced) and prints a table.
 """
@@ -28,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,15 +50,21 @@ from fq_plugins.session import CompressionSession
 RESULTS = Path(__file__).parent / "results" / "bmrs_table.json"
 
 
-def variants(gate_lr: float, mask_epochs: int) -> dict[str, dict]:
-    common = {"method": "bmrs", "gate_lr": gate_lr, "mask_epochs": mask_epochs}
-    return {
-        "BMRS_N": {**common, "prior": "normal"},
-        "BMRS_U p=8": {**common, "prior": "uniform", "precision": 8},
-        "BMRS_U p=4": {**common, "prior": "uniform", "precision": 4},
-        "SNR": {**common, "criterion": "snr"},
-        "L2": {**common, "criterion": "l2"},
-    }
+def variants(gate_lr: float, mask_epochs: int, kls: list[str], n_train: int) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for kl in kls:
+        common = {"method": "bmrs", "gate_lr": gate_lr, "mask_epochs": mask_epochs,
+                  "kl_reduction": kl, **({"n_train": n_train} if kl == "elbo" else {})}
+        sfx = "" if kl == "layer_mean" else f" {kl}"
+        out.update({
+            f"BMRS_N{sfx}": {**common, "prior": "normal"},
+            f"BMRS_N exact{sfx}": {**common, "prior": "normal", "delta_f": "exact"},
+            f"BMRS_U p=8{sfx}": {**common, "prior": "uniform", "precision": 8},
+            f"BMRS_U p=4{sfx}": {**common, "prior": "uniform", "precision": 4},
+            f"SNR{sfx}": {**common, "criterion": "snr"},
+            f"L2{sfx}": {**common, "criterion": "l2"},
+        })
+    return out
 
 
 def log(msg: str) -> None:
@@ -78,7 +92,15 @@ def latency_ratio(dense: torch.nn.Module, final: torch.nn.Module, x: torch.Tenso
 
 def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
     train, test = ham_split(path, seed)
-    dense = train_dense(train, seed, args.epochs, log)
+    if args.arch == "mlp":
+        from fq_plugins.models import MLP
+
+        torch.manual_seed(seed)
+        dense = MLP(int(train.x[0].numel()), train.n_classes, hidden=256)
+        train_model(dense, train, epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=5e-4,
+                    seed=seed, phase=f"mlp seed {seed}", log=log)
+    else:
+        dense = train_dense(train, seed, args.epochs, log)
     pm = get_plugin_manager(autoload=False)
     x64 = test.x[:64]
     example = test.x[:1]
@@ -97,7 +119,7 @@ def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
             + " ".join(f"{k} {v:.3g}" for k, v in extra.items() if isinstance(v, float)))
 
     record("dense", dense, {})
-    for name, cfg in variants(args.gate_lr, args.mask_epochs).items():
+    for name, cfg in variants(args.gate_lr, args.mask_epochs, args.kl, len(train)).items():
         if args.only and name not in args.only:
             continue
         t0 = time.perf_counter()
@@ -116,7 +138,11 @@ def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
         posterior = {"median_mu": float(mu.median()), "frac_mu_below_mid": float((mu < -10).float().mean()),
                      "frac_sigma_over_10": float((sigma > 10).float().mean()),
                      "median_sigma": float(sigma.median())}
-        final = session.finalize(m)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            final = session.finalize(m)
+        st0 = session.stats()[0].extra
+        all_pruned = st0.get("all_pruned_layers", {})
         _, final_logits = evaluate(final, test)
         st = session.stats()[0].extra
         lat = latency_ratio(dense, final, x64, args.reps)
@@ -124,7 +150,8 @@ def run_seed(path: str, seed: int, args: argparse.Namespace) -> dict:
             "masked_fraction": st["masked_fraction"], "removed_fraction": st["removed_fraction"],
             "finalize_max_abs_diff": float((final_logits - gated_logits).abs().max()),
             "latency_ratio": lat["ratio"], "latency": lat, "mask_history": st["mask_history"],
-            "posterior": posterior,
+            "posterior": posterior, "all_pruned_layers": all_pruned,
+            "warnings": [str(w.message)[:200] for w in caught],
             "seconds": time.perf_counter() - t0,
         })
     return out
@@ -139,6 +166,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(RESULTS), help="results JSON (default: %(default)s)")
     ap.add_argument("--only", nargs="+", help="run only these variants (pilots)")
+    ap.add_argument("--arch", choices=["resnet18", "mlp"], default="resnet18")
+    ap.add_argument("--kl", nargs="+", choices=["layer_mean", "elbo"], default=["layer_mean", "elbo"])
     ap.add_argument("--table-only", action="store_true", help="print the table from the JSON")
     args = ap.parse_args()
     out = Path(args.out)
@@ -150,7 +179,7 @@ def main() -> None:
         out.parent.mkdir(exist_ok=True)
         results.update({"command": "python " + " ".join(sys.argv), "epochs": args.epochs,
                         "mask_epochs": args.mask_epochs, "frozen_epochs": args.frozen_epochs,
-                        "gate_lr": args.gate_lr,
+                        "gate_lr": args.gate_lr, "arch": args.arch, "kl": args.kl,
                         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                     "torch": torch.__version__, "threads": torch.get_num_threads()},
                         "date": dt.date.today().isoformat()})
@@ -168,8 +197,8 @@ def print_table(results: dict) -> None:
     seeds = list(results["seeds"].values())
     print(f"seeds: {len(seeds)}")
     print("| variant | channels masked | channels removed | params (M) | MACs (M) | accuracy | worst-group |"
-          " latency / dense (batch 64) |")
-    print("|---|---|---|---|---|---|---|---|")
+          " latency / dense (batch 64) | layers all-pruned |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in seeds[0]:
         rows = [s[name] for s in seeds if name in s]
 
@@ -180,7 +209,8 @@ def print_table(results: dict) -> None:
         print(f"| {name} | {'—' if dense else ms(get('masked_fraction'))} | "
               f"{'—' if dense else ms(get('removed_fraction'))} | {ms([p / 1e6 for p in get('params')], '.2f')} | "
               f"{ms([p / 1e6 for p in get('macs')], '.1f')} | {ms(get('accuracy'))} | "
-              f"{ms(get('worst_group_accuracy'))} | {'1' if dense else ms(get('latency_ratio'), '.2f')} |")
+              f"{ms(get('worst_group_accuracy'))} | {'1' if dense else ms(get('latency_ratio'), '.2f')} | "
+              f"{'—' if dense else ms([float(len(r.get('all_pruned_layers', {}))) for r in rows], '.1f')} |")
 
 
 if __name__ == "__main__":
