@@ -139,52 +139,52 @@ PLUGINS: dict[str, BuiltinPlugin] = _by_name(
         LazyPlugin(
             "fq_plugins.fairness.suite:EOpp0",
             name="eopp0",
-            description="FairQuant EOpp0: mean over classes of the max − min TNR across groups.",
+            description="FairQuant EOpp0: max − min TNR across groups; binary: of pos_label, multi-class: mean over classes.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:EOpp1",
             name="eopp1",
-            description="FairQuant EOpp1: mean over classes of the max − min TPR across groups.",
+            description="FairQuant EOpp1: max − min TPR across groups; binary: of pos_label, multi-class: mean over classes.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:EOdd",
             name="eodd",
-            description="FairQuant EOdd: mean over classes of (TPR gap + FPR gap) across groups.",
+            description="FairQuant EOdd: TPR gap + FPR gap across groups; binary: of pos_label, multi-class: mean over classes.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:DPDiff",
             name="dp_diff",
-            description="Per-class one-vs-rest demographic-parity difference (max − min selection rate over groups); value = mean over classes, details max over classes.",
+            description="Demographic-parity difference (max − min selection rate over groups); binary: of pos_label (= fairlearn), multi-class: mean over classes one-vs-rest.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:DPGap",
             name="dp_gap",
-            description="Alias of dp_diff (per-class demographic-parity difference, mean over classes).",
+            description="Alias of dp_diff (demographic-parity difference; binary: of pos_label).",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:EOppDiff",
             name="eopp_diff",
-            description="Per-class one-vs-rest equal-opportunity difference (max − min TPR over groups); value = mean over classes, details max over classes.",
+            description="Equal-opportunity difference (max − min TPR over groups); binary: of pos_label (= fairlearn), multi-class: mean over classes one-vs-rest.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:EOddsDiff",
             name="eodds_diff",
-            description="Per-class one-vs-rest equalized-odds difference (max of TPR and FPR differences, as fairlearn); value = mean over classes, details max over classes.",
+            description="Equalized-odds difference (max of TPR and FPR differences); binary: of pos_label (= fairlearn), multi-class: mean over classes one-vs-rest.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:DPRatio",
             name="dp_ratio",
-            description="Per-class one-vs-rest demographic-parity ratio (min / max selection rate); value = mean over classes, details min over classes; 1 = parity.",
+            description="Demographic-parity ratio (min / max selection rate, 1 = parity); binary: of pos_label (= fairlearn), multi-class: mean over classes one-vs-rest.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:EOppRatio",
             name="eopp_ratio",
-            description="Per-class one-vs-rest equal-opportunity ratio (min / max TPR); value = mean over classes, details min over classes; 1 = parity.",
+            description="Equal-opportunity ratio (min / max TPR, 1 = parity); binary: of pos_label (= fairlearn), multi-class: mean over classes one-vs-rest.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:EOddsRatio",
             name="eodds_ratio",
-            description="Per-class one-vs-rest equalized-odds ratio (min of TPR and FPR ratios, as fairlearn); value = mean over classes, details min over classes; 1 = parity.",
+            description="Equalized-odds ratio (min of TPR and FPR ratios, 1 = parity); binary: of pos_label (= fairlearn), multi-class: mean over classes one-vs-rest.",
         ),
         LazyPlugin(
             "fq_plugins.fairness.suite:DeltaSP",

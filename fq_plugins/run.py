@@ -220,6 +220,9 @@ def _check_recipe(
     pm: FQPluginManager,
     variants: dict[str, list[MethodConfig]] | None,
 ) -> None:
+    from .fairness.rates import pos_label_in_range
+
+    pos_label_in_range(recipe.fairness.pos_label, train.n_classes)
     model = _build_model(recipe, train)
     gen = torch.Generator().manual_seed(recipe.seed)
     batch = next(iter(iterate_batches(train, recipe.train.batch_size, shuffle=True, generator=gen)))

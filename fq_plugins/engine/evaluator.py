@@ -87,7 +87,7 @@ def evaluate(
         for batch in batches:
             x, y, g = unpack_batch(batch, group_key=group_key)
             logits = model(x.to(device, non_blocking=True))
-            table.update(logits.argmax(1), y, g if g is not None else torch.zeros_like(y))
+            table.update(logits, y, g if g is not None else torch.zeros_like(y))
             if keep_logits:
                 outs.append(logits)
     finally:
