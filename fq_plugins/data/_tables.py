@@ -10,10 +10,11 @@ import math
 import os
 from collections.abc import Sequence
 from itertools import product
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, MissingDependencyError, close_matches
 from ..fairness.intersectional import IntersectionalGroups
@@ -32,7 +33,36 @@ __all__ = [
     "stratified_rows",
     "to_float",
     "to_text",
+    "validate_spec",
 ]
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+def validate_spec(cls: type[SpecT], spec: SpecT | Any, key: str) -> SpecT:
+    """``spec`` itself, or a mapping validated into ``cls``; every problem a ConfigError
+    line naming its key path (unknown keys with the allowed ones)."""
+    if isinstance(spec, cls):
+        return spec
+    try:
+        return cls.model_validate(spec)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            where = ".".join([key, *(str(p) for p in err["loc"])])
+            if err["type"] == "extra_forbidden":
+                allowed = sorted(cls.model_fields)
+                hint = close_matches(str(err["loc"][-1]), allowed)
+                lines.append(
+                    f"{where}: unknown key. Allowed keys: {', '.join(allowed)}."
+                    + (f" Did you mean {hint}?" if hint else "")
+                )
+            else:
+                value = err.get("input")
+                shown = "" if isinstance(value, dict) else f" (got {value!r})"
+                lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}")
+        raise ConfigError("\n  ".join(lines)) from None
+
 
 Table = dict[str, list[Any]]
 """Column name → one value per row (CSV: stripped text; Parquet: Python values, None = null)."""

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import ConfigError
-from ._tables import column, read_csv, resolve_path, to_float, to_text
+from ._tables import column, read_csv, resolve_path, to_float, to_text, validate_spec
 from .base import GroupDataset
 from .images import ImageOptions, Progress, assemble
 from .npz import GroupSpec
@@ -57,7 +57,7 @@ def load_fitzpatrick17k(
     :raises ConfigError: a skin type other than 1–6 or −1/empty, a missing column, a
         missing or unreadable image (naming the file).
     """
-    s = spec if isinstance(spec, Fitzpatrick17kSpec) else Fitzpatrick17kSpec.model_validate(spec)
+    s = validate_spec(Fitzpatrick17kSpec, spec, key)
     csv_path = resolve_path(s.csv, base_dir)
     table = read_csv(csv_path, key=f"{key}.csv")
     folder = resolve_path(s.images, base_dir)

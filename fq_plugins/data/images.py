@@ -2,9 +2,10 @@
 generic reader of an images folder plus a CSV with a file, a label and group columns.
 
 Every image is opened with Pillow, turned upright by its EXIF orientation, converted to
-RGB and resized to ``image_size`` × ``image_size`` (``resize: crop``: the centred square of
-the image's aspect, as ``PIL.ImageOps.fit``; ``stretch``: the whole image squeezed), with
-bilinear resampling (antialiased when shrinking). The result is float32 ``(N, 3, S, S)`` in
+RGB and resized to ``image_size`` × ``image_size`` (``resize: crop``: the centred square
+``min(w, h)`` wide is cut out first, the odd pixel going to the right/bottom margin;
+``stretch``: the whole image squeezed), with Pillow's bilinear resampling (antialiased when
+shrinking; an image already of that size is left as it is). The result is float32 ``(N, 3, S, S)`` in
 [0, 1], held in memory (``N·3·S²`` bytes while decoding, four times that as floats).
 """
 
@@ -30,6 +31,7 @@ from ._tables import (
     resolve_path,
     stratified_rows,
     to_text,
+    validate_spec,
 )
 from .base import GroupDataset
 from .npz import GroupSpec
@@ -59,10 +61,13 @@ def decode_one(path: str, image_size: int, resize: str) -> np.ndarray:
         im = (ImageOps.exif_transpose(f) or f).convert("RGB")
         size = (image_size, image_size)
         if resize == "crop":
-            im = ImageOps.fit(im, size, method=Image.Resampling.BILINEAR)
-        else:
+            w, h = im.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            im = im.crop((left, top, left + side, top + side))
+        if im.size != size:
             im = im.resize(size, Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        return np.array(im, dtype=np.uint8)  # a writable copy
 
 
 class _ImageFiles(torch.utils.data.Dataset[tuple[int, Any, str | None]]):
@@ -114,8 +119,9 @@ def decode_images(
     if on_bad_image == "error" and not ok.all():
         missing = [p for p, o in zip(paths, ok, strict=True) if not o]
         raise ConfigError(
-            f"{len(missing)} image file(s) do not exist, e.g. {missing[0]!r}"
-            + (f" (and {missing[1:4]})" if len(missing) > 1 else "")
+            f"{len(missing)} image file(s) do not exist: "
+            + ", ".join(repr(m) for m in missing[:4])
+            + (", …" if len(missing) > 4 else "")
             + "; check the images folder and file names, or set on_bad_image: drop",
             key=key,
         )
@@ -269,7 +275,7 @@ def load_images(
         rows ``stratified_split(ds, max_examples / N, seed)`` keeps as its test part.
     :param progress: called with ``(decoded, total)`` after each batch of images.
     """
-    s = spec if isinstance(spec, ImagesSpec) else ImagesSpec.model_validate(spec)
+    s = validate_spec(ImagesSpec, spec, key)
     csv_path = resolve_path(s.csv, base_dir)
     table = read_csv(csv_path, key=f"{key}.csv")
     root = resolve_path(s.root, base_dir) if s.root else os.path.dirname(csv_path)

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import ConfigError
-from ._tables import column, read_csv, resolve_path, to_float, to_text
+from ._tables import column, read_csv, resolve_path, to_float, to_text, validate_spec
 from .base import GroupDataset
 from .images import ImageOptions, Progress, assemble
 from .npz import GroupSpec
@@ -99,7 +99,7 @@ def load_isic2019(
     :raises ConfigError: a row that is not one-hot, an image of the ground truth absent from
         the metadata, a missing column, a missing or unreadable image (naming the file).
     """
-    s = spec if isinstance(spec, ISIC2019Spec) else ISIC2019Spec.model_validate(spec)
+    s = validate_spec(ISIC2019Spec, spec, key)
     gt_path = resolve_path(s.ground_truth_csv, base_dir)
     meta_path = resolve_path(s.metadata_csv, base_dir)
     gt = read_csv(gt_path, key=f"{key}.ground_truth_csv")

@@ -29,6 +29,7 @@ from ._tables import (
     resolve_path,
     to_float,
     to_text,
+    validate_spec,
 )
 from .base import GroupDataset
 from .npz import GroupSpec
@@ -110,15 +111,16 @@ def _feature_columns(
 
 
 def _encode(
-    table: Table, s: TabularSpec, source: str, key: str
+    table: Table, s: TabularSpec, source: str, key: str, keep: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(features (N, F) float32, keep, feature names)``; a row missing a numeric value is
-    not kept; a missing categorical value is its own level ``<missing>``."""
+    """``(features (N, F) float32, keep, feature names)``: ``keep`` narrowed to the rows
+    with every numeric value; a missing categorical value is its own level ``<missing>``;
+    categorical levels are those of the kept rows, sorted."""
     num, cat = _feature_columns(table, s, source, key)
     n = len(next(iter(table.values())))
     blocks: list[np.ndarray] = []
     names: list[str] = []
-    keep = np.ones(n, dtype=bool)
+    keep = keep.copy()
     missing = {m.strip().lower() for m in s.missing_values} | MISSING_TOKENS
     for c in num:
         vals = to_float(
@@ -130,7 +132,7 @@ def _encode(
     for c in cat:
         texts = [to_text(v) or "<missing>" for v in table[c]]
         texts = ["<missing>" if t.lower() in missing else t for t in texts]
-        levels = sorted(set(texts))
+        levels = sorted({t for t, k in zip(texts, keep, strict=True) if k})
         if len(levels) > MAX_LEVELS:
             raise ConfigError(
                 f"categorical column {c!r} of {source} has {len(levels)} levels (> {MAX_LEVELS}); "
@@ -139,10 +141,45 @@ def _encode(
             )
         lookup = {v: i for i, v in enumerate(levels)}
         onehot = np.zeros((n, len(levels)), dtype=np.float64)
-        onehot[np.arange(n), [lookup[t] for t in texts]] = 1.0
+        rows = np.flatnonzero(keep)
+        onehot[rows, [lookup[texts[i]] for i in rows.tolist()]] = 1.0
         blocks.append(onehot)
         names.extend(f"{c}={v}" for v in levels)
     return np.concatenate(blocks, axis=1).astype(np.float32), keep, names
+
+
+def _build(
+    s: TabularSpec, base_dir: str | os.PathLike[str] | None, key: str
+) -> tuple[GroupDataset, list[str]]:
+    path = resolve_path(s.path, base_dir)
+    table = read_table(path, key=f"{key}.path")
+    source = os.path.basename(path)
+    y, keep_y, class_names = class_ids(
+        column(table, s.label, role="label", source=source, key=f"{key}.label"),
+        s.classes,
+        name=s.label,
+        source=source,
+        key=key,
+    )
+    g, keep_g, group_names = group_ids(table, s.groups, source=source, key=f"{key}.groups")
+    feats, keep, feature_names = _encode(table, s, source, key, keep_y & keep_g)
+    if not keep.any():
+        raise ConfigError(
+            f"no row of {source} has a label, every group value and every numeric feature",
+            key=key,
+        )
+    g_kept, group_names = compact_groups(g[keep], group_names)
+    x = torch.from_numpy(np.ascontiguousarray(feats[keep]))
+    ds = GroupDataset(
+        x=x.view(x.shape[0], x.shape[1], 1, 1),
+        y=torch.from_numpy(y[keep]),
+        group=torch.from_numpy(g_kept),
+        class_names=class_names,
+        group_names=group_names,
+        name=source,
+        dropped=int((~keep).sum()),
+    )
+    return ds, feature_names
 
 
 def tabular_features(
@@ -153,9 +190,7 @@ def tabular_features(
 ) -> list[str]:
     """The names of the F feature channels :func:`load_tabular` builds, in order
     (``age``, ``workclass=Private``, …)."""
-    s = spec if isinstance(spec, TabularSpec) else TabularSpec.model_validate(spec)
-    path = resolve_path(s.path, base_dir)
-    return _encode(read_table(path, key=f"{key}.path"), s, os.path.basename(path), key)[2]
+    return _build(validate_spec(TabularSpec, spec, key), base_dir, key)[1]
 
 
 def load_tabular(
@@ -168,39 +203,11 @@ def load_tabular(
 
     Rows lacking a label, a group value or a numeric feature value (or, with ``classes``,
     with another label) are left out and counted in ``dropped``; groups no kept row falls
-    in are left out of ``group_names``.
+    in are left out of ``group_names``; a categorical level only dropped rows have is no
+    feature.
 
     :raises ConfigError: a missing file or column, a numeric column holding text, a
         categorical column with more than :data:`MAX_LEVELS` levels, no row left.
     :raises MissingDependencyError: a Parquet file without pyarrow installed.
     """
-    s = spec if isinstance(spec, TabularSpec) else TabularSpec.model_validate(spec)
-    path = resolve_path(s.path, base_dir)
-    table = read_table(path, key=f"{key}.path")
-    source = os.path.basename(path)
-    y, keep_y, class_names = class_ids(
-        column(table, s.label, role="label", source=source, key=f"{key}.label"),
-        s.classes,
-        name=s.label,
-        source=source,
-        key=key,
-    )
-    g, keep_g, group_names = group_ids(table, s.groups, source=source, key=f"{key}.groups")
-    feats, keep_x, _ = _encode(table, s, source, key)
-    keep = keep_y & keep_g & keep_x
-    if not keep.any():
-        raise ConfigError(
-            f"no row of {source} has a label, every group value and every numeric feature",
-            key=key,
-        )
-    g_kept, group_names = compact_groups(g[keep], group_names)
-    x = torch.from_numpy(np.ascontiguousarray(feats[keep]))
-    return GroupDataset(
-        x=x.view(x.shape[0], x.shape[1], 1, 1),
-        y=torch.from_numpy(y[keep]),
-        group=torch.from_numpy(g_kept),
-        class_names=class_names,
-        group_names=group_names,
-        name=source,
-        dropped=int((~keep).sum()),
-    )
+    return _build(validate_spec(TabularSpec, spec, key), base_dir, key)[0]
