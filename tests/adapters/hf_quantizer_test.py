@@ -213,3 +213,39 @@ def test_registration_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(auto.AUTO_QUANTIZER_MAPPING, QUANT_METHOD, other)
     with pytest.raises(FQError, match=r"registered already, by someone_else.Other"):
         register_fq_quantizer()
+
+
+@pytest.mark.slow
+def test_trainer_checkpoint_of_a_loaded_model_resumes_exactly(tmp_path: Any) -> None:
+    # Trainer's checkpoints of a quantizer-loaded model have plain names (save_pretrained
+    # goes through the quantizer); resume_from_checkpoint must still restore every tensor
+    plain = _plain(tmp_path)
+
+    def run(name: str, resume: str | None, disturb: bool) -> Any:
+        model = _load(plain, BAQ)
+        if disturb:  # a resumed run starts from other values everywhere
+            _move_method_state(model)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01)
+        fq = FQCallback.from_recipe(recipe(BAQ))
+        args = targs(
+            tmp_path,
+            output_dir=str(tmp_path / name),
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            num_train_epochs=2,
+        )
+        trainer = fq.trainer(Trainer, model=model, args=args, train_dataset=TextDS(32, 1))
+        trainer.train(resume_from_checkpoint=resume)
+        return model
+
+    full = run("a", None, False)
+    saved = load_file(str(tmp_path / "a" / "checkpoint-2" / "model.safetensors"))
+    assert not any(k.endswith(".original") for k in saved)  # plain names in the checkpoint
+    resumed = run("b", str(tmp_path / "a" / "checkpoint-2"), True)
+    sa, sb = full.state_dict(), resumed.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
