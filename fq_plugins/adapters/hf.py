@@ -768,7 +768,7 @@ class FQCallback(TrainerCallback):
         g = torch.as_tensor(groups).reshape(-1).long()
         n_groups = max(self.n_groups or 1, int(g.max()) + 1 if g.numel() else 1)
         table = GroupConfusion(n_groups, int(lg.shape[-1]))
-        table.update(lg.reshape(-1, lg.shape[-1]).argmax(-1), y, g)
+        table.update(lg.reshape(-1, lg.shape[-1]), y, g)
         energy = dict(self.energy)
         if self._phase is not None and self._running is not None:
             # the running phase so far; a running train phase adds to its ended parts
