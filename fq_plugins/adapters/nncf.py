@@ -1,0 +1,879 @@
+"""NNCF host: the methods inside an existing ``nncf.quantize`` pipeline, down to OpenVINO.
+
+A host is an installer plus a driver (``docs/architecture.md``). Here the installer puts
+every method's weight transform into NNCF's own hook storage as a post-function hook on
+the parameter (``register_post_function_hook(model, "conv.weight", 0, hook)``); the driver
+is the user's loop (or the HF callback) with :func:`objective` / :func:`penalty`. Loss,
+stages, finalize check, codes and report are the engine's::
+
+    q = nncf.quantize(model, nncf.Dataset(calib))          # their pipeline, unchanged
+    q = fq_nncf.apply(q, "recipe.yaml", calib=train_loader)
+    loss = fq_nncf.objective(q)(q(x), y, g).total           # task + fairness + penalties
+    q = fq_nncf.finalize(q, probe=...)                       # NNCF integer quantizers
+    ov_model, report = fq_nncf.to_openvino(q, x)             # u2/u3/u4/i8 weight constants
+
+**Starting from NNCF's quantizers.** Where ``nncf.quantize`` put a ``SymmetricQuantizer``
+on a target's weight (a pre-hook on the op's weight port), :func:`apply` removes it and puts
+an :class:`NNCFRangeClip` with its ``scale`` in front of the method's transform: the weight
+is clipped to NNCF's range ``[-scale, scale]``, so an absmax method (Uniform, BAQ) sees
+``max|w| = scale`` and its step is NNCF's ``scale / level_high``. A BAQ run whose budget
+starts at 8 bits (``levels: {8: 1.0}``) therefore equals NNCF's int8 model at step 0.
+NNCF's activation quantizers stay where they are and keep running.
+
+**Finalize** bakes the methods (the engine's checked finalize), folds our hooks out of the
+hook storage (``nncf.strip`` would leave them running), and puts an NNCF
+``SymmetricQuantizer`` back on every layer whose codes are symmetric
+(``value = k·Δ_c``: Uniform, BAQ without dead-zone) with ``num_bits`` = the layer's widest
+learned bit-width and ``scale_c = Δ_c·level_high`` (so its grid contains every code).
+CoDeQ's and the dead-zone codes (``value = sign(k)·(|k|·s + shift)``) are no uniform grid: those
+layers stay dense float in torch and get their true-size codes only in OpenVINO.
+
+**OpenVINO** (:func:`to_openvino`, pip ``openvino``): NNCF's torch backend strips only
+8-bit quantizers, so every weight quantizer is widened to an exact 8-bit one (its grid
+contains the codes), stripped and converted; then each weight constant is replaced by its
+codes at their true width — ``u2``/``u3``/``u4`` with a zero point for 2/3/4 bits, ``i8``
+for 5–8 bits (widened: OpenVINO has no u5/u6/u7) — followed by ``Convert → Subtract →
+Multiply`` (CoDeQ: ``+ shift·sign``), in front of the original weight FakeQuantize.
+
+Checkpoints use NNCF's own format: ``nncf.torch.get_config(q)`` + ``q.state_dict()``,
+restored with ``load_from_config(..., allowed_modules=ALLOWED_MODULES)`` (NNCF's default
+plus this module, never ``"*"``) — or :func:`restore`, which also re-creates the methods'
+``MethodState`` children.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import importlib
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, FQError, MissingDependencyError
+from ..protocols import AttachContext
+
+try:
+    import nncf
+    from nncf.common.quantization.structs import QuantizationScheme
+    from nncf.torch.function_hook.hook_storage import HookStorage, decode_hook_name
+    from nncf.torch.function_hook.serialization import DEFAULT_ALLOWED_MODULES, load_from_config
+    from nncf.torch.function_hook.wrapper import (
+        get_hook_storage,
+        is_wrapped,
+        register_post_function_hook,
+        wrap_model,
+    )
+    from nncf.torch.layer_utils import StatefulModuleInterface
+    from nncf.torch.quantization.layers import (
+        AsymmetricQuantizer,
+        PTQuantizerSpec,
+        SymmetricQuantizer,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only without nncf
+    raise MissingDependencyError("nncf", "nncf", "fq_plugins.adapters.nncf") from exc
+
+if TYPE_CHECKING:
+    from ..engine.objective import Objective
+    from ..engine.pipeline import CompressionPipeline, Probe
+    from ..manager import FQPluginManager
+    from ..recipe import CompressionRecipe
+    from ..session import CompressionSession
+
+__all__ = [
+    "ALLOWED_MODULES",
+    "TESTED_NNCF",
+    "FQWeightHook",
+    "NNCFHookInstaller",
+    "NNCFRangeClip",
+    "OpenVINOReport",
+    "SequentialWrapper",
+    "apply",
+    "finalize",
+    "objective",
+    "penalty",
+    "pipeline_of",
+    "restore",
+    "session_of",
+    "to_openvino",
+    "wrap_sequential",
+]
+
+TESTED_NNCF = ((3, 4), (3, 5))
+"""NNCF versions this module's imports are tested on: ``>= 3.4, < 3.5``."""
+
+ALLOWED_MODULES: tuple[str, ...] = (*DEFAULT_ALLOWED_MODULES, __name__)
+"""``allowed_modules`` for ``nncf.torch.load_from_config``: NNCF's default plus this module."""
+
+TRANSFORM_MODULES: tuple[str, ...] = ("fq_plugins.*",)
+"""Where a hook's inner transform class may be imported from on restore (plus the packages of
+the registered compressor plugins)."""
+
+_HOST_ATTR = "_fq_nncf_host"
+_WEIGHT_PORT = 1  # NNCF's weight quantizer: pre-hook on the conv/linear op's port 1
+
+
+def _version_ok() -> bool:
+    parts = [int(p) for p in nncf.__version__.split(".")[:2] if p.isdigit()]
+    return TESTED_NNCF[0] <= tuple(parts) < TESTED_NNCF[1]
+
+
+if not _version_ok():  # pragma: no cover - depends on the installed version
+    import warnings
+
+    warnings.warn(
+        f"fq_plugins.adapters.nncf is tested on nncf 3.4.x; found {nncf.__version__}. "
+        "pin `nncf>=3.4,<3.5` (pip install 'fq-plugins[nncf]') if hooks misbehave",
+        stacklevel=2,
+    )
+
+
+# --- the hook modules (NNCF-serializable) --------------------------------------------
+
+
+def _allowed_transform_patterns() -> tuple[str, ...]:
+    from ..manager import get_plugin_manager
+
+    pats = list(TRANSFORM_MODULES)
+    try:
+        pm = get_plugin_manager()
+        for name in pm.compressors.names():
+            mod = getattr(pm.compressors.get(name), "__module__", "") or ""
+            top = mod.split(".")[0]
+            if top:
+                pats.append(f"{top}.*")
+    except FQError:  # pragma: no cover - a broken plugin set still restores built-ins
+        pass
+    return tuple(dict.fromkeys(pats))
+
+
+def _json_value(v: Any) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return not (isinstance(v, float) and not math.isfinite(v))
+    if isinstance(v, (list, tuple)):
+        return all(_json_value(x) for x in v)
+    return False
+
+
+def describe_module(module: nn.Module) -> dict[str, Any]:
+    """A JSON skeleton of ``module``: class path, plain attributes, parameter and buffer
+    shapes, children. Values come back from the ``state_dict``.
+
+    :raises FQError: an attribute is neither JSON nor a tensor/module (it would be lost).
+    """
+    cls = type(module)
+    attrs: dict[str, Any] = {}
+    for k, v in module.__dict__.items():
+        if k.startswith("_") or k == "training":
+            continue
+        if not _json_value(v):
+            raise FQError(
+                f"{cls.__module__}.{cls.__qualname__}.{k} = {v!r} is not JSON; an NNCF "
+                "checkpoint could not restore it. Keep transform state in buffers, parameters "
+                "or JSON attributes (str, int, float, bool, lists of them)"
+            )
+        attrs[k] = list(v) if isinstance(v, tuple) else v
+
+    def tens(d: dict[str, torch.Tensor | None]) -> dict[str, Any]:
+        return {
+            n: None if t is None else {"shape": list(t.shape), "dtype": str(t.dtype)}
+            for n, t in d.items()
+        }
+
+    return {
+        "cls": f"{cls.__module__}:{cls.__qualname__}",
+        "attrs": attrs,
+        "params": tens(dict(module._parameters)),
+        "buffers": tens(dict(module._buffers)),
+        "persistent": sorted(set(module._buffers) - set(module._non_persistent_buffers_set)),
+        "training": module.training,
+        "children": {n: describe_module(c) for n, c in module._modules.items() if c is not None},
+    }
+
+
+def build_module(desc: dict[str, Any]) -> nn.Module:
+    """The module :func:`describe_module` described, with empty tensors of the right shapes.
+
+    :raises FQError: the class is outside :data:`TRANSFORM_MODULES` and the registered
+        compressor packages, missing, or not an ``nn.Module``.
+    """
+    mod_path, _, qualname = str(desc.get("cls", "")).partition(":")
+    pats = _allowed_transform_patterns()
+    if not any(fnmatch.fnmatchcase(mod_path, p) or mod_path == p.removesuffix(".*") for p in pats):
+        raise FQError(
+            f"refusing to restore transform class {mod_path}:{qualname}: its module is not one "
+            f"of {pats}. Only fq-plugins transforms and those of registered compressor plugins "
+            "are restored from an NNCF config"
+        )
+    try:
+        obj: Any = importlib.import_module(mod_path)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise FQError(f"cannot import transform class {mod_path}:{qualname}: {exc}") from exc
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise FQError(f"{mod_path}:{qualname} is not an nn.Module class")
+    m = obj.__new__(obj)
+    nn.Module.__init__(m)
+    for k, v in desc.get("attrs", {}).items():
+        object.__setattr__(m, k, v)
+
+    def empty(spec: dict[str, Any]) -> torch.Tensor:
+        return torch.zeros(
+            spec["shape"], dtype=getattr(torch, spec["dtype"].removeprefix("torch."))
+        )
+
+    for n, spec in desc.get("params", {}).items():
+        m.register_parameter(n, None if spec is None else nn.Parameter(empty(spec)))
+    persistent = set(desc.get("persistent", []))
+    for n, spec in desc.get("buffers", {}).items():
+        m.register_buffer(n, None if spec is None else empty(spec), persistent=n in persistent)
+    for n, cd in desc.get("children", {}).items():
+        m.add_module(n, build_module(cd))
+    m.train(bool(desc.get("training", True)))
+    return m
+
+
+class FQWeightHook(nn.Module, StatefulModuleInterface):
+    """NNCF post-function hook on a parameter that runs one fq-plugins weight transform.
+
+    The transform is the child ``transform`` (its parameters and buffers are in the
+    model's ``state_dict`` under ``__nncf_hooks.post_hooks.<param>__0.<i>.transform.*``).
+    """
+
+    def __init__(self, transform: nn.Module) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.transform(w))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"transform": describe_module(self.transform)}
+
+    @classmethod
+    def from_config(cls, state: dict[str, Any]) -> FQWeightHook:
+        return cls(build_module(state["transform"]))
+
+
+class NNCFRangeClip(nn.Module, StatefulModuleInterface):
+    """``clamp(w, -r_c, r_c)`` with NNCF's weight-quantizer range ``r = |scale| + eps``.
+
+    Put in front of the methods' transforms where ``apply`` removed an NNCF weight quantizer,
+    so they start from NNCF's range. ``num_bits`` and ``narrow_range`` of the removed
+    quantizer are kept for :func:`finalize`.
+    """
+
+    range: torch.Tensor
+
+    def __init__(
+        self, scale_shape: list[int], num_bits: int = 8, narrow_range: bool = True
+    ) -> None:
+        super().__init__()
+        self.register_buffer("range", torch.ones(scale_shape))
+        self.num_bits = int(num_bits)
+        self.narrow_range = bool(narrow_range)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        r = self.range.to(w.dtype)
+        return torch.maximum(torch.minimum(w, r), -r)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "scale_shape": list(self.range.shape),
+            "num_bits": self.num_bits,
+            "narrow_range": self.narrow_range,
+        }
+
+    @classmethod
+    def from_config(cls, state: dict[str, Any]) -> NNCFRangeClip:
+        return cls(list(state["scale_shape"]), int(state["num_bits"]), bool(state["narrow_range"]))
+
+
+# --- the installer ---------------------------------------------------------------------
+
+
+def _hooks_on(storage: HookStorage, param_name: str) -> list[tuple[str, nn.Module]]:
+    """Post-hooks on parameter ``param_name`` (port 0), in execution order."""
+    key = f"{param_name.replace('.', ':')}__0"
+    if key not in storage.post_hooks:
+        return []
+    d = cast(nn.ModuleDict, storage.post_hooks[key])
+    return [(f"post_hooks.{key}.{i}", h) for i, h in d.items()]
+
+
+class NNCFHookInstaller:
+    """Installer of this host: NNCF post-function hooks on the targets' parameters."""
+
+    name = "nncf"
+
+    def __init__(self, root: nn.Module) -> None:
+        if not is_wrapped(root):
+            raise ConfigError(
+                f"{type(root).__name__} is not an NNCF-wrapped model; call fq_nncf.apply "
+                "(it wraps) or nncf.quantize first",
+                key="model",
+            )
+        self.root = root
+        self._names = {id(m): n for n, m in root.named_modules()}
+
+    @property
+    def storage(self) -> HookStorage:
+        return get_hook_storage(self.root)
+
+    def param_name(self, module: nn.Module, param: str) -> str:
+        name = self._names.get(id(module))
+        if name is None:
+            self._names = {id(m): n for n, m in self.root.named_modules()}
+            name = self._names.get(id(module))
+        if name is None:
+            raise ConfigError(
+                f"{type(module).__name__} is not a module of the NNCF model", key="targets"
+            )
+        return f"{name}.{param}" if name else param
+
+    def install(self, module: nn.Module, param: str, transform: nn.Module) -> None:
+        if not isinstance(getattr(module, param, None), torch.Tensor):
+            raise ValueError(
+                f"{type(module).__name__} has no tensor {param!r} to transform; "
+                "check `targets.parameters` in the recipe"
+            )
+        register_post_function_hook(
+            self.root, self.param_name(module, param), 0, FQWeightHook(transform)
+        )
+
+    def _hooks(self, module: nn.Module, param: str) -> list[tuple[str, nn.Module]]:
+        return _hooks_on(self.storage, self.param_name(module, param))
+
+    def transforms(self, module: nn.Module, param: str) -> list[nn.Module]:
+        return [h.transform for _, h in self._hooks(module, param) if isinstance(h, FQWeightHook)]
+
+    def original(self, module: nn.Module, param: str) -> torch.Tensor:
+        return cast(torch.Tensor, getattr(module, param))
+
+    @torch.no_grad()
+    def input_of(self, module: nn.Module, param: str, transform: nn.Module) -> torch.Tensor:
+        value = self.original(module, param)
+        for _, h in self._hooks(module, param):
+            if isinstance(h, FQWeightHook) and h.transform is transform:
+                return value.detach()
+            value = h(value)
+        raise ValueError(f"the transform is not installed on {type(module).__name__}.{param}")
+
+    @torch.no_grad()
+    def bake(self, module: nn.Module, param: str) -> None:
+        hooks = self._hooks(module, param)
+        if not hooks:
+            return
+        p = cast(torch.Tensor, getattr(module, param))
+        value = p.detach()
+        for _, h in hooks:
+            value = h(value)
+        p.data.copy_(value)
+        for name, _ in hooks:
+            self.storage.delete_hook(name)
+
+
+# --- apply ----------------------------------------------------------------------------
+
+
+class SequentialWrapper(nn.Module):
+    """A top-level ``nn.Sequential`` as a module NNCF can wrap (parameters under ``body.``)."""
+
+    def __init__(self, body: nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.body(x))
+
+
+def wrap_sequential(model: nn.Module) -> nn.Module:
+    """``model`` itself, or a :class:`SequentialWrapper` around a top-level ``nn.Sequential``
+    (NNCF's forward wrapper breaks on one): call it before ``nncf.quantize``."""
+    return SequentialWrapper(model) if type(model) is nn.Sequential else model
+
+
+@dataclasses.dataclass
+class _Host:
+    """What :func:`apply` attached to one model; not copied or pickled (the state is in the
+    model's ``state_dict``)."""
+
+    pipeline: CompressionPipeline
+    recipe: CompressionRecipe
+    installer: NNCFHookInstaller
+    finalized: bool = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None
+
+    def __reduce__(self) -> Any:
+        return (type(None), ())
+
+
+def _calib_factory(calib: Any) -> Callable[[], Iterator[Any]] | None:
+    if calib is None:
+        return None
+    if callable(calib) and not hasattr(calib, "__iter__"):
+        return cast(Callable[[], Iterator[Any]], calib)
+    if isinstance(calib, Iterator):
+        raise ConfigError(
+            f"calib is a one-shot iterator ({type(calib).__name__}); a method may read it more "
+            "than once. Pass a DataLoader, a list of (x, y, group) batches, or a zero-argument "
+            "callable returning a fresh iterator",
+            key="calib",
+        )
+    if hasattr(calib, "__iter__"):
+        return lambda: iter(calib)
+    raise ConfigError(
+        f"calib must be a DataLoader, a list of (x, y, group) batches or a callable; got "
+        f"{type(calib).__name__}",
+        key="calib",
+    )
+
+
+def _take_nncf_weight_quantizers(
+    root: nn.Module, installer: NNCFHookInstaller, targets: Any
+) -> None:
+    """Replace NNCF's weight quantizer of each target by an :class:`NNCFRangeClip` with its
+    scale, as the first post-hook on the parameter."""
+    storage = installer.storage
+    by_module: dict[str, list[str]] = {}
+    for hook_name, h in list(storage.named_hooks()):
+        kind, op_name, port = decode_hook_name(hook_name)
+        if (
+            kind == "pre_hooks"
+            and port == _WEIGHT_PORT
+            and isinstance(h, (SymmetricQuantizer, AsymmetricQuantizer))
+        ):
+            by_module.setdefault(op_name.rsplit("/", 2)[0], []).append(hook_name)
+    for t in targets:
+        found = by_module.get(t.name, [])
+        if not found or t.param != "weight":
+            continue
+        hook_name = found[0]
+        q = storage.get_submodule(hook_name)
+        if isinstance(q, AsymmetricQuantizer):
+            raise ConfigError(
+                f"NNCF put an asymmetric weight quantizer on {t.name!r}; fq-plugins methods "
+                "start from symmetric ones. Quantize with NNCF's default (symmetric weights) "
+                "or leave this layer out of the recipe's targets",
+                key="targets",
+            )
+        assert isinstance(q, SymmetricQuantizer)
+        w = installer.original(t.module, t.param)
+        scale = q.scale.detach().abs() + q.eps
+        if scale.numel() not in (1, w.shape[0]):
+            raise ConfigError(
+                f"NNCF's weight quantizer of {t.name!r} has scale shape {tuple(scale.shape)}; "
+                f"expected per-output-channel ({w.shape[0]}) or per-tensor",
+                key="targets",
+            )
+        clip = NNCFRangeClip(list(scale.shape), q.num_bits, bool(q.narrow_range))
+        clip.range.copy_(scale)
+        clip.to(w.device)
+        storage.delete_hook(hook_name)
+        register_post_function_hook(root, installer.param_name(t.module, t.param), 0, clip)
+
+
+def apply(
+    model: nn.Module,
+    recipe: Any,
+    *,
+    calib: Any = None,
+    group_key: str | None = None,
+    n_groups: int | None = None,
+    example_input: torch.Tensor | None = None,
+    plugin_manager: FQPluginManager | None = None,
+    start_from_nncf: bool = True,
+) -> nn.Module:
+    """Attach the recipe's ``compress`` methods to ``model`` as NNCF hooks; returns the model.
+
+    :param model: the output of ``nncf.quantize`` (wrapped), or a plain model (wrapped here;
+        a top-level ``nn.Sequential`` is first put in a :class:`SequentialWrapper`).
+    :param recipe: a recipe path, dict or :class:`~fq_plugins.recipe.CompressionRecipe`.
+    :param calib: ``(x, y, group)`` batches for methods that measure importance (FairQuant):
+        a DataLoader, a list, or a zero-argument callable returning an iterator.
+    :param start_from_nncf: replace NNCF's weight quantizers on the targets by their range
+        (see the module docstring); False leaves them in place after our transform.
+    :raises ConfigError: a bad recipe, calib, or a model already carrying an attach.
+    """
+    from ..engine.pipeline import CompressionPipeline
+    from ..recipe import load_compression_recipe
+    from ..targets import select_targets
+
+    rec = load_compression_recipe(recipe, plugin_manager=plugin_manager)
+    if not rec.compress:
+        raise ConfigError(
+            "the recipe's compress list is empty: name at least one method", key="compress"
+        )
+    if _host(model) is not None:
+        raise ConfigError(
+            "fq-plugins methods are attached to this model already; apply once per model",
+            key="model",
+        )
+    model = wrap_sequential(model)
+    model = wrap_model(model)
+    installer = NNCFHookInstaller(model)
+    p = next(iter(model.parameters()), None)
+    ctx = AttachContext(
+        calib_batches=_calib_factory(calib),
+        group_key=group_key or rec.fairness.group_key,
+        n_groups=n_groups,
+        device=p.device if p is not None else torch.device("cpu"),
+        example_input=example_input,
+        installer=installer,
+    )
+    pipe = CompressionPipeline(rec.compress, plugin_manager=plugin_manager, context=ctx)
+    if start_from_nncf:
+        for i, cfg in enumerate(pipe.configs):
+            _take_nncf_weight_quantizers(
+                model, installer, select_targets(model, cfg.targets, key=f"compress[{i}].targets")
+            )
+    pipe.start(model)
+    model.__dict__[_HOST_ATTR] = _Host(pipe, rec, installer)
+    return model
+
+
+def _host(model: nn.Module) -> _Host | None:
+    h = model.__dict__.get(_HOST_ATTR)
+    return h if isinstance(h, _Host) else None
+
+
+def pipeline_of(model: nn.Module) -> CompressionPipeline:
+    """The :class:`~fq_plugins.engine.CompressionPipeline` :func:`apply` attached."""
+    h = _host(model)
+    if h is None:
+        raise ConfigError(
+            "no fq-plugins method is attached to this model: call fq_nncf.apply(model, recipe) "
+            "first (a deepcopy or reloaded model carries the state but no session: apply to "
+            "the fresh model again, then load_state_dict)",
+            key="model",
+        )
+    return h.pipeline
+
+
+def session_of(model: nn.Module) -> CompressionSession:
+    """The current stage's session (``param_groups``, ``on_step``, ``stats``…)."""
+    return pipeline_of(model).session
+
+
+def penalty(model: nn.Module) -> torch.Tensor:
+    """Σ of the attached methods' (already weighted) penalties, a 0-d tensor."""
+    return session_of(model).penalty()
+
+
+def objective(model: nn.Module, *, n_groups: int | None = None) -> Objective:
+    """The engine's :class:`~fq_plugins.engine.Objective` for the recipe :func:`apply` read:
+    ``objective(q)(logits, y, groups).total`` = task + λ·fairness + penalties."""
+    from ..engine.objective import Objective
+
+    h = _host(model)
+    pipe = pipeline_of(model)
+    assert h is not None
+    return Objective.from_recipe(h.recipe, pipe.session, n_groups=n_groups)
+
+
+# --- finalize ---------------------------------------------------------------------------
+
+
+def _nncf_weight_quantizer(
+    step: torch.Tensor, bits: int, device: torch.device
+) -> SymmetricQuantizer:
+    """A signed narrow-range NNCF ``SymmetricQuantizer`` whose step per channel is ``step``."""
+    shape = tuple(step.shape)
+    spec = PTQuantizerSpec(
+        num_bits=bits,
+        mode=QuantizationScheme.SYMMETRIC,
+        signedness_to_force=True,
+        narrow_range=True,
+        half_range=False,
+        scale_shape=shape,
+        logarithm_scale=False,
+    )
+    q = SymmetricQuantizer(spec)
+    with torch.no_grad():
+        q.scale.copy_(step * float(q.level_high) - q.eps)
+    return q.to(device)
+
+
+def _weight_op_hook_name(storage: HookStorage, module_name: str, module: nn.Module) -> str | None:
+    """``pre_hooks.<op>__1`` of the op consuming ``module``'s weight, if a graph op is known."""
+    kind = (
+        "conv2d"
+        if isinstance(module, nn.Conv2d)
+        else "linear"
+        if isinstance(module, nn.Linear)
+        else None
+    )
+    if kind is None:
+        return None
+    return f"{module_name}/{kind}/0"
+
+
+def finalize(model: nn.Module, probe: Probe | None = None) -> nn.Module:
+    """Bake the methods (checked with ``probe``: :attr:`pipeline_of(model).max_diff`), remove
+    our hooks from NNCF's storage, and put NNCF integer quantizers with the learned bits on
+    every layer whose codes are a symmetric grid. Returns the (still NNCF-wrapped) model.
+    Single-stage recipes only here; a structural stage (BMRS) first: finalize it with the
+    engine (``pipeline_of(q).next_stage``) before."""
+    h = _host(model)
+    pipe = pipeline_of(model)
+    assert h is not None
+    if h.finalized:
+        raise ConfigError("this model was finalized already", key="model")
+    if not pipe.is_last_stage:
+        raise ConfigError(
+            f"stage {pipe.stage + 1} of {len(pipe.stages)} is structural: call "
+            "pipeline_of(q).next_stage(q, probe) and train the next stage first",
+            key="model",
+        )
+    targets: dict[str, tuple[nn.Module, str]] = {}
+    for m in pipe.session.methods:
+        for t in m.transforms:
+            targets[t.name] = (t.module, t.param)
+    final = pipe.finalize(model, probe)
+    codes = pipe.storage_codes()
+    storage = h.installer.storage
+    # clips and any hook left on a target parameter are folded too
+    for mod, param in targets.values():
+        h.installer.bake(mod, param)
+    from nncf.torch.function_hook.wrapper import register_pre_function_hook
+
+    for name, qc in codes.items():
+        mod, param = targets[name]
+        op = _weight_op_hook_name(storage, name, mod)
+        if op is None or param != "weight" or qc.offset != 0 or bool((qc.shift != 0).any()):
+            continue  # not a symmetric grid (CoDeQ, dead-zone): dense float in torch
+        bits = _bits_for_codes(int(qc.max_code.max()))
+        if bits is None or bits > 8:
+            continue
+        w = cast(torch.Tensor, getattr(mod, param))
+        step = qc.scale.to(w.device).reshape((-1,) + (1,) * (w.dim() - 1))
+        register_pre_function_hook(
+            final, op, _WEIGHT_PORT, _nncf_weight_quantizer(step, bits, w.device)
+        )
+    h.finalized = True
+    final.__dict__[_HOST_ATTR] = h
+    return final
+
+
+def _bits_for_codes(max_code: int) -> int | None:
+    """Smallest narrow-range signed bit-width ``B ≥ 2`` with ``2^(B−1) − 1 ≥ max_code``."""
+    for b in range(2, 17):
+        if max_code <= (1 << (b - 1)) - 1:
+            return b
+    return None
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def restore(
+    model: nn.Module, config: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> nn.Module:
+    """An NNCF checkpoint (``nncf.torch.get_config(q)`` + ``q.state_dict()``) on a freshly
+    built ``model``: ``load_from_config(..., allowed_modules=ALLOWED_MODULES)``, the methods'
+    ``MethodState`` children re-created, then ``load_state_dict`` (strict). For inference and
+    evaluation; to train on, ``apply`` the recipe to a fresh model and ``load_state_dict``."""
+    from ..protocols import MethodState
+
+    model = wrap_sequential(model)
+    try:
+        q = load_from_config(model, config, allowed_modules=cast(Any, ALLOWED_MODULES))
+    except nncf.InternalError as exc:
+        raise FQError(f"NNCF refused this checkpoint config: {exc}") from exc
+    for key in state_dict:
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part.startswith("fq_state_"):
+                host = q.get_submodule(".".join(parts[:i]))
+                if part not in host._modules:
+                    host.add_module(part, MethodState())
+                st = cast(MethodState, host._modules[part])
+                leaf = ".".join(parts[i + 1 :])
+                if leaf != "_extra_state" and leaf not in st._buffers:
+                    st.register_buffer(leaf, torch.zeros_like(state_dict[key]))
+                break
+    q.load_state_dict(state_dict)
+    return q
+
+
+# --- OpenVINO ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OpenVINOReport:
+    """What :func:`to_openvino` stored per layer: ``"u2"``, ``"u3"``, ``"u4"``, ``"i8"`` (codes
+    at that element type) or ``"f32: <why>"``; ``true_size`` lists layers whose element type
+    has exactly their learned bit-width."""
+
+    layers: dict[str, str]
+    bits: dict[str, int]
+    max_diff: float | None = None
+
+    @property
+    def true_size(self) -> list[str]:
+        return [
+            n
+            for n, t in self.layers.items()
+            if t in ("u2", "u3", "u4") or (t == "i8" and self.bits[n] == 8)
+        ]
+
+    @property
+    def widened(self) -> dict[str, str]:
+        return {
+            n: f"{self.bits[n]} bits stored as {t}"
+            for n, t in self.layers.items()
+            if n not in self.true_size
+        }
+
+
+_OV_TYPES = {2: "u2", 3: "u3", 4: "u4"}
+
+
+def to_openvino(
+    model: nn.Module, example_input: torch.Tensor, *, check: bool = True
+) -> tuple[Any, OpenVINOReport]:
+    """The finalized model as an OpenVINO model with low-bit weight constants.
+
+    :param model: the output of :func:`finalize`.
+    :param check: compile on CPU and record ``max_diff`` = max |OpenVINO − torch| outputs.
+    :raises MissingDependencyError: openvino is not installed.
+    :raises ConfigError: the model was not finalized.
+    """
+    try:
+        import numpy as np
+        import openvino as ov
+        import openvino.opset13 as ops
+        from openvino import op as ov_op
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "openvino", "openvino", "fq_plugins.adapters.nncf.to_openvino"
+        ) from exc
+    h = _host(model)
+    if h is None or not h.finalized:
+        raise ConfigError("to_openvino needs the model fq_nncf.finalize returned", key="model")
+    codes = h.pipeline.storage_codes()
+    with torch.no_grad():
+        ref = model.eval()(example_input).detach() if check else None
+    m = copy.deepcopy(model).eval()
+    storage = get_hook_storage(m)
+    # NNCF's torch strip converts only 8-bit quantizers: widen each weight quantizer to an
+    # exact 8-bit one with the same step (its grid contains the codes)
+    for hook_name, q in list(storage.named_hooks()):
+        kind, _, port = decode_hook_name(hook_name)
+        if (
+            kind == "pre_hooks"
+            and port == _WEIGHT_PORT
+            and isinstance(q, SymmetricQuantizer)
+            and q.num_bits < 8
+        ):
+            step = (q.scale.detach().abs() + q.eps) / float(q.level_high)
+            storage.set_submodule(hook_name, _nncf_weight_quantizer(step, 8, step.device))
+    stripped = nncf.strip(m, do_copy=False, example_input=example_input)
+    ov_model = ov.convert_model(stripped, example_input=example_input)
+    # our layers by weight shape and value (the stripped weights are k·Δ, exact)
+    layers = {
+        n: cast(torch.Tensor, stripped.get_submodule(n).weight).detach().cpu().numpy()
+        for n in codes
+    }
+    report: dict[str, str] = {}
+    bits: dict[str, int] = {}
+    used: set[str] = set()
+    for node in list(ov_model.get_ordered_ops()):
+        if node.get_type_name() != "Constant" or len(node.get_output_partial_shape(0)) < 2:
+            continue
+        data = node.get_data()
+        users = [t.get_node() for t in node.output(0).get_target_inputs()]
+        deq_scale = None
+        if (
+            node.get_element_type() == ov.Type.i8
+            and len(users) == 1
+            and users[0].get_type_name() == "Convert"
+        ):
+            # OpenVINO's frontend already turned NNCF's 8-bit weight FakeQuantize into
+            # Constant(i8) → Convert → Multiply(scale)
+            mul = [t.get_node() for t in users[0].output(0).get_target_inputs()]
+            if len(mul) == 1 and mul[0].get_type_name() == "Multiply":
+                other = mul[0].input_value(1).get_node()
+                if other.get_type_name() == "Constant":
+                    deq_scale = other.get_data()
+        value = data.astype(np.float32) * deq_scale if deq_scale is not None else data
+        name = next(
+            (
+                n
+                for n, w in layers.items()
+                if n not in used
+                and w.shape == value.shape
+                and np.allclose(w, value, rtol=0, atol=1e-5 * max(1e-12, float(np.abs(w).max())))
+            ),
+            None,
+        )
+        if name is None:
+            continue
+        used.add(name)
+        qc = codes[name]
+        bits[name] = int(qc.bits.max())
+        k = qc.codes.numpy()
+        top = int(np.abs(k).max())
+        width = _bits_for_codes(top) or 16
+        if deq_scale is not None:
+            if not np.array_equal(data.astype(np.int64), k):
+                report[name] = (
+                    "i8: OpenVINO's int8 codes differ from the method's (kept as converted)"
+                )
+                continue
+            if width > 4:
+                report[name] = "i8"
+                continue
+            et = _OV_TYPES[width]
+            zp = (1 << (width - 1)) - 1
+            c = ov_op.Constant(
+                getattr(ov.Type, et), ov.Shape(list(k.shape)), (k + zp).reshape(-1).tolist()
+            )
+            x = ops.subtract(ops.convert(c, "f32"), ops.constant(np.float32(zp)))
+            for target in list(users[0].output(0).get_target_inputs()):
+                target.replace_source_output(x.output(0))
+            report[name] = et
+            continue
+        shape_c = (-1,) + (1,) * (k.ndim - 1)
+        scale = qc.scale.numpy().reshape(shape_c).astype(np.float32)
+        if width <= 4:
+            et = _OV_TYPES[width]
+            zp = (1 << (width - 1)) - 1
+        elif width <= 8:
+            et, zp = "i8", 0
+        else:
+            report[name] = f"f32: codes up to {top} do not fit 8 bits"
+            continue
+        c = ov_op.Constant(
+            getattr(ov.Type, et), ov.Shape(list(k.shape)), (k + zp).reshape(-1).tolist()
+        )
+        x = ops.convert(c, "f32")
+        if zp:
+            x = ops.subtract(x, ops.constant(np.float32(zp)))
+        mag = ops.multiply(x, ops.constant(scale))
+        if qc.offset or bool((qc.shift != 0).any()):
+            # value = sign(k)·((|k| − offset)·s + shift)
+            shift = qc.shift.numpy().reshape(shape_c).astype(np.float32)
+            off = ops.multiply(
+                ops.sign(x), ops.constant((shift - qc.offset * scale).astype(np.float32))
+            )
+            mag = ops.add(mag, off)
+        for target in list(node.output(0).get_target_inputs()):
+            target.replace_source_output(mag.output(0))
+        report[name] = et
+    for n in codes:
+        report.setdefault(n, "f32: weight constant not found in the OpenVINO graph")
+        bits.setdefault(n, int(codes[n].bits.max()))
+    diff = None
+    if check and ref is not None:
+        compiled = ov.compile_model(ov_model, "CPU")
+        out = compiled(example_input.detach().cpu().numpy())[0]
+        diff = float(np.abs(out - ref.cpu().numpy()).max())
+    return ov_model, OpenVINOReport(layers=report, bits=bits, max_diff=diff)
