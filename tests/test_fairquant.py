@@ -433,3 +433,157 @@ def test_avg_bits_budget_is_spent_even_with_zero_scores():
     n_all = 50 * 9 + 50 * 27
     assert 5.2 - 27 / n_all <= alloc.avg_bits_param <= 5.2 + 1e-12
     assert float(alloc.bits["b"][40:].min()) == 8  # the important units get the most bits
+
+
+# --- issue 16: eval-mode BN, importance independent of batching, dry-run checks ------------
+
+
+def _oracle_importance(model, x, y, g, targets, signal, reducer):
+    """Straight from the definition on the concatenated data: eval mode, L_k = mean CE
+    over group k, I_k = (∂L_k/∂W ⊙ W)² or |∂L_k/∂W|; the reducer by hand, per weight
+    tensor (balanced: share_k = ΣI_k / Σ_h ΣI_h over that tensor, max_k I_k / share_k)."""
+    model.eval()
+    weights = [m.weight for _, m in targets]
+    per_group = []
+    for k in sorted(set(g.tolist())):
+        sel = g == k
+        loss = nn.functional.cross_entropy(model(x[sel]), y[sel])
+        grads = torch.autograd.grad(loss, weights)
+        per_group.append(
+            [
+                ((gr * w) ** 2 if signal == "grape" else gr.abs()).detach()
+                for gr, w in zip(grads, weights, strict=True)
+            ]
+        )
+    out = {}
+    for i, (name, _) in enumerate(targets):
+        imps = [pg[i] for pg in per_group]
+        if reducer == "mean":
+            red = sum(imps) / len(imps)
+        else:
+            totals = [float(im.sum()) for im in imps]
+            share = [t / max(sum(totals), 1e-30) for t in totals]  # as the library: floors
+            red = torch.stack(
+                [im / max(sh, 1e-8) for im, sh in zip(imps, share, strict=True)]
+            ).amax(dim=0)
+        out[name] = red.abs().reshape(red.shape[0], -1).mean(dim=1)
+    return out
+
+
+def _close(a, b, rel=1e-4):
+    """Equal up to float32 summation order: within rel × the layer's largest score."""
+    torch.testing.assert_close(a, b, rtol=rel, atol=rel * float(b.abs().max()))
+
+
+@pytest.mark.slow
+def test_resnet18_one_example_groups_no_crash_and_batching_invariant(signal="grape", reducer="balanced"):
+    """Issue 16: resnet18 at 32 px, every batch holds exactly one example of group 1. In
+    train mode BN raised "Expected more than 1 value per channel"; now importance is the
+    same whether the data comes as 1-example groups or all at once, and equals the
+    definition computed directly on the concatenated data."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    x = torch.randn(12, 3, 32, 32)
+    net.train()
+    net(x)  # non-trivial running statistics
+    y = torch.randint(0, 3, (12,))
+    g = torch.tensor([0, 0, 0, 1] * 3)
+    targets = select_targets(net)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    kw = dict(signal=signal, reducer=reducer, n_groups=2)
+    batched = group_importance(
+        net, [(x[i : i + 4], y[i : i + 4], g[i : i + 4]) for i in (0, 4, 8)], targets, **kw
+    )
+    assert net.training  # mode restored
+    whole = group_importance(net, [(x, y, g)], targets, **kw)
+    assert batched.group_counts.tolist() == [9, 3] == whole.group_counts.tolist()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    oracle = _oracle_importance(net, x, y, g, targets, signal, reducer)
+    for name, _ in targets:
+        _close(batched.scores[name], whole.scores[name])
+        _close(batched.scores[name], oracle[name])
+    _close(batched.group_totals, whole.group_totals)
+
+
+@pytest.mark.parametrize(
+    ("signal", "reducer"), [("hawq", "mean"), ("gradient", "mean"), ("grape", "balanced")]
+)
+def test_small_bn_net_is_batching_invariant(signal, reducer):
+    """Float64, a BN net, 1-example groups per batch vs all at once (hawq: fixed probes)."""
+    net = _bn_net().double()
+    x = torch.randn(9, 3, 6, 6, dtype=torch.float64)
+    net(x)
+    y = torch.randint(0, 2, (9,))
+    g = torch.tensor([0, 0, 1] * 3)
+    kw = dict(signal=signal, reducer=reducer, n_groups=2, hawq_samples=3)
+    targets = select_targets(net)
+    batched = group_importance(
+        net, [(x[i : i + 3], y[i : i + 3], g[i : i + 3]) for i in (0, 3, 6)], targets, **kw
+    )
+    whole = group_importance(net, [(x, y, g)], targets, **kw)
+    for name, _ in targets:
+        assert batched.scores[name].abs().sum() > 0
+        torch.testing.assert_close(batched.scores[name], whole.scores[name], rtol=1e-9, atol=1e-300)
+        if signal != "hawq":
+            oracle = _oracle_importance(net, x, y, g, targets, signal, reducer)
+            torch.testing.assert_close(batched.scores[name], oracle[name], rtol=1e-9, atol=1e-300)
+
+
+def _attach(net, batches, n_groups, dry_run, **imp):
+    comp = FairQuantCompressor(
+        FairQuantConfig(method="fairquant", mode="static", importance={"calib_batches": 4, **imp})
+    )
+    ctx = AttachContext(calib_batches=lambda: iter(batches), n_groups=n_groups, dry_run=dry_run)
+    comp.attach(net, select_targets(net), ctx)
+    return comp
+
+
+def test_dry_run_raises_what_the_real_attach_would():
+    """What used to fail only after training is now caught by the dry run on one batch."""
+    net = _bn_net()
+    x = torch.randn(8, 3, 6, 6)
+    net(x)
+    y = torch.randint(0, 2, (8,))
+    # labels outside the model's outputs (2 logits)
+    with pytest.raises(ConfigError, match=r"labels must lie in \[0, 2\).*from 0 to 4"):
+        _attach(net, [(x, torch.arange(8) % 5, torch.arange(8) % 2)], 2, dry_run=True)
+    # group ids outside [0, n_groups)
+    with pytest.raises(ConfigError, match=r"group ids must lie in \[0, 2\).*from 0 to 3"):
+        _attach(net, [(x, y, torch.arange(8) % 4)], 2, dry_run=True)
+    # group ids required but absent
+    with pytest.raises(ConfigError, match="has none"):
+        _attach(net, [(x, y, None)], 2, dry_run=True, group_source="groups")
+    # one group per example count mismatch
+    with pytest.raises(ConfigError, match="8 labels but 4 group ids"):
+        _attach(net, [(x, y, torch.arange(4) % 2)], 2, dry_run=True)
+    # a group missing from the one dry-run batch is not an error there (the real
+    # calibration set may hold it), but it is in the real attach
+    only0 = [(x, y, torch.zeros(8, dtype=torch.long))]
+    comp = _attach(copy_net(net), only0, 2, dry_run=True, signal="hawq", hawq_samples=2)
+    assert comp.importance.n_batches == 1
+    with pytest.raises(ConfigError, match=r"group\(s\) \[1\] have no samples"):
+        _attach(copy_net(net), only0, 2, dry_run=False)
+
+
+def copy_net(net):
+    import copy
+
+    return copy.deepcopy(net)
+
+
+def test_dry_run_budget_infeasibility_is_caught():
+    net = _bn_net()
+    x = torch.randn(8, 3, 6, 6)
+    net(x)
+    comp = FairQuantCompressor(
+        FairQuantConfig(method="fairquant", mode="qat", budget={"avg_bits": 1.5})
+    )
+    ctx = AttachContext(
+        calib_batches=lambda: iter([(x, torch.randint(0, 2, (8,)), torch.arange(8) % 2)]),
+        n_groups=2,
+        dry_run=True,
+    )
+    with pytest.raises(ConfigError, match=r"avg_bits 1\.5 cannot be met"):
+        comp.attach(net, select_targets(net), ctx)

@@ -194,38 +194,24 @@ class FairQuantCompressor(Compressor):
                 "importance: pass AttachContext(calib_batches=...) to attach, or run it through "
                 "`fq-plugins run` / CompressionSession.attach(model, context)"
             )
-        if context.dry_run:
-            # a check only: equal scores give the same feasibility (budget, levels) as the
-            # real importance, without the calibration passes
-            n_g = context.n_groups or 1
-            self.importance = ImportanceResult(
-                scores={
-                    t.name: torch.ones(
-                        self.original(t.module, t.param).shape[0] if imp.granularity == "channel" else 1
-                    )
-                    for t in targets
-                },
-                group_totals=torch.zeros(n_g, dtype=torch.float64),
-                group_counts=torch.zeros(n_g, dtype=torch.long),
-                groups_from="groups",
-                n_batches=0,
-                signal=imp.signal,
-                reducer=imp.reducer,
-            )
-        else:
-            self.importance = group_importance(
-                model,
-                context.iter_calib(),
-                targets,
-                signal=imp.signal,
-                reducer=imp.reducer,
-                calib_batches=imp.calib_batches,
-                n_groups=context.n_groups,
-                group_source=imp.group_source,
-                granularity=imp.granularity,
-                cvar_alpha=imp.cvar_alpha,
-                hawq_samples=imp.hawq_samples,
-            )
+        # A dry run (``fq-plugins validate``, the start of ``run``) does the real computation
+        # on the first calibration batch: the model's forward/backward on it (output shape,
+        # label range, group ids, double-backward for hawq), then the allocation below (budget
+        # feasibility). Only "every group present" needs the whole calibration set.
+        self.importance = group_importance(
+            model,
+            context.iter_calib(),
+            targets,
+            signal=imp.signal,
+            reducer=imp.reducer,
+            calib_batches=1 if context.dry_run else imp.calib_batches,
+            n_groups=context.n_groups,
+            group_source=imp.group_source,
+            granularity=imp.granularity,
+            cvar_alpha=imp.cvar_alpha,
+            hawq_samples=1 if context.dry_run else imp.hawq_samples,
+            require_all_groups=not context.dry_run,
+        )
         if self.importance.groups_from == "classes":
             log.warning(
                 "fairquant: no group ids in the calibration batches; used classes as groups"

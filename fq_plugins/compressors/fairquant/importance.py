@@ -1,16 +1,31 @@
 """Group-aware importance (FairQuant step 1–3).
 
-For each calibration batch and each sensitive group ``g`` present in it, the cross-entropy
-of that group's examples alone (a separate forward pass, model in train mode) is
-back-propagated and accumulated per weight:
+For each sensitive group ``g`` the loss is the mean cross-entropy over **all** of that
+group's calibration examples, ``L_g = (1/N_g) Σ_{i∈g} CE_i``, with the model in **eval
+mode** (BatchNorm uses its running statistics, dropout is off). Per batch and group, the
+gradient of the group's summed loss is back-propagated separately and *accumulated*; the
+signal is applied once at the end:
 
-* ``grape`` (default): ``I_g += (∂L_g/∂W ⊙ W)²``
-* ``gradient``: ``I_g += |∂L_g/∂W|``
-* ``hawq``: ``I_g += |diag(H_g)| ⊙ W²`` with Hutchinson's estimator (Rademacher probes).
+* ``grape`` (default): ``I_g = (∂L_g/∂W ⊙ W)²``
+* ``gradient``: ``I_g = |∂L_g/∂W|``
+* ``hawq``: ``I_g = |diag(H_g)| ⊙ W²`` with Hutchinson's estimator; each group's Rademacher
+  probes are drawn once (re-generated from a fixed seed in every batch), so
+  ``Σ_batches v ⊙ H_b v = v ⊙ H v`` exactly.
+
+Why (issue 16): in train mode a group's forward pass normalises with the statistics of
+whichever examples of that group share its batch — a batch with one example of a group even
+crashes BatchNorm ("Expected more than 1 value per channel when training") — and squaring
+per batch makes ``Σ_b (∂L_{g,b}/∂W ⊙ W)²`` depend on how the data is batched. With eval-mode
+BN every example's loss is a fixed function of the weights, and accumulating gradients (not
+their squares) makes the importance a function of the calibration *set* only: batching it as
+1-example groups or all at once gives the same numbers (up to float summation order). This
+is the deployed model's first-order (GRAPE) / second-order (HAWQ) loss sensitivity.
+METHODS.md's sketch (train mode, ``I_g += (∂L_g/∂W ⊙ W)²`` per batch) differs on both
+points; docs/methods.md lists the difference.
 
 Groups are then reduced per weight (``balanced`` default, ``max``, ``mean``, ``cvar``,
 ``subtractive``) and averaged into unit scores: one per output channel (or per tensor).
-BatchNorm running statistics touched by the train-mode passes are restored afterwards.
+Buffers are snapshotted and restored, so calibration leaves the model unchanged.
 """
 
 from __future__ import annotations
@@ -111,32 +126,43 @@ def group_importance(
     hawq_samples: int = 10,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int = 0,
+    require_all_groups: bool = True,
 ) -> ImportanceResult:
     """Group-aware importance of the ``weight`` of each target module.
 
+    The model runs in eval mode; each group's loss is its mean over all its calibration
+    examples, so the result does not depend on how the examples are batched (see the
+    module docstring).
+
     :param batches: yields ``(x, y, group)``; ``group`` may be None.
     :param calib_batches: how many batches to use (at most).
-    :param n_groups: number of groups; every group must appear in the calibration data.
+    :param n_groups: number of groups; group ids must lie in ``[0, n_groups)`` and every
+        group must appear in the calibration data.
     :param group_source: ``groups`` requires group ids (error without them), ``classes``
         uses the labels as groups, ``auto`` uses group ids and falls back to classes (with a
         warning) when a batch has none.
+    :param loss_fn: a *mean*-reduced loss ``(logits, y) → scalar`` (default cross-entropy);
+        it is multiplied by the number of examples to accumulate sums.
+    :param require_all_groups: False skips the every-group-present check (a dry run on
+        one batch).
     """
     if signal not in ("grape", "gradient", "hawq"):
         raise ConfigError(f"unknown importance signal {signal!r}; allowed: grape, gradient, hawq")
     if calib_batches < 1:
         raise ConfigError(f"calib_batches must be ≥ 1; got {calib_batches}")
+    if hawq_samples < 1:
+        raise ConfigError(f"hawq_samples must be ≥ 1; got {hawq_samples}")
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y))
     modules = [m for _, m in targets]
     names = [n for n, _ in targets]
     params = [getattr(t, "param", "weight") for t in targets]
-    # Snapshot buffers (BN running stats) so calibration leaves the model unchanged.
+    # Snapshot buffers so calibration provably leaves the model unchanged.
     buffers = {k: v.detach().clone() for k, v in model.state_dict().items() if not v.requires_grad}
     was_training = model.training
-    model.train()
+    model.eval()
     acc: dict[int, list[torch.Tensor]] = {}
     counts: dict[int, int] = {}
     used_classes = group_source == "classes"
-    gen = torch.Generator().manual_seed(seed)
     n_done = 0
     try:
         for x, y, g in batches:
@@ -157,36 +183,55 @@ def group_importance(
                     )
                 used_classes = True
                 g = y
-            g = g.to(torch.long)
+            g = g.to(torch.long).reshape(-1)
+            if g.numel() != y.shape[0]:
+                raise ConfigError(
+                    f"a calibration batch has {y.shape[0]} labels but {g.numel()} group ids; "
+                    "give one group id per example"
+                )
+            if not used_classes and n_groups is not None and g.numel():
+                lo, hi = int(g.min()), int(g.max())
+                if lo < 0 or hi >= n_groups:
+                    raise ConfigError(
+                        f"calibration group ids must lie in [0, {n_groups}) (n_groups={n_groups}); "
+                        f"got ids from {lo} to {hi}. Check the group column or n_groups"
+                    )
             for gid in torch.unique(g).tolist():
                 sel = g == gid
                 xs, ys = x[sel], y[sel]
+                n_sel = int(sel.sum())
                 # cached(): a parametrized weight is computed once, so the tensor we
                 # differentiate against is the one the forward pass used.
                 with parametrize.cached():
                     weights = [
                         cast(torch.Tensor, getattr(m, p)) for m, p in zip(modules, params, strict=True)
                     ]
-                    loss = loss_fn(model(xs), ys)
+                    logits = model(xs)
+                    _check_labels(logits, ys)
+                    loss = loss_fn(logits, ys) * n_sel  # the group's summed loss on this batch
                     grads = torch.autograd.grad(
                         loss, weights, create_graph=signal == "hawq", allow_unused=True
                     )
                     if signal == "hawq":
-                        contrib = _hutchinson(grads, weights, hawq_samples, gen)
+                        contrib = _hutchinson_sum(grads, weights, hawq_samples, seed, gid)
                     else:
-                        contrib = []
-                        for gr, w in zip(grads, weights, strict=True):
-                            gr = torch.zeros_like(w) if gr is None else gr.detach()
-                            contrib.append(
-                                (gr * w.detach()) ** 2 if signal == "grape" else gr.abs()
-                            )
+                        contrib = [
+                            torch.zeros_like(w) if gr is None else gr.detach()
+                            for gr, w in zip(grads, weights, strict=True)
+                        ]
                 if gid not in acc:
                     acc[gid] = [c.clone() for c in contrib]
                 else:
                     for a, c in zip(acc[gid], contrib, strict=True):
                         a += c
-                counts[gid] = counts.get(gid, 0) + int(sel.sum())
+                counts[gid] = counts.get(gid, 0) + n_sel
             n_done += 1
+        # the per-group signal, from the accumulated sums (weights as the passes saw them)
+        with torch.no_grad(), parametrize.cached():
+            w_now = [
+                cast(torch.Tensor, getattr(m, p)).detach()
+                for m, p in zip(modules, params, strict=True)
+            ]
     finally:
         model.train(was_training)
         with torch.no_grad():
@@ -195,9 +240,19 @@ def group_importance(
                 sd[k].copy_(v)
     if n_done == 0:
         raise ConfigError("no calibration batches were given; group importance needs at least one")
+    for gid, sums in acc.items():
+        n_g_i = counts[gid]
+        for i, (a, w) in enumerate(zip(sums, w_now, strict=True)):
+            mean = a / n_g_i
+            if signal == "grape":
+                sums[i] = (mean * w) ** 2
+            elif signal == "gradient":
+                sums[i] = mean.abs()
+            else:
+                sums[i] = (mean / hawq_samples).abs() * w**2
     n_g = (max(acc) + 1) if used_classes or n_groups is None else n_groups
     missing = [gid for gid in range(n_g) if gid not in acc]
-    if missing and not used_classes:
+    if missing and not used_classes and require_all_groups:
         raise ConfigError(
             f"group(s) {missing} have no samples in the {n_done} calibration batches; every "
             f"group needs calibration data. Raise importance.calib_batches, or check the "
@@ -224,17 +279,48 @@ def group_importance(
     )
 
 
-def _hutchinson(
+def _check_labels(logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Labels that the loss would reject with a raw error: say what is wrong instead."""
+    if logits.dim() != 2:
+        raise ConfigError(
+            f"FairQuant's importance needs (batch, classes) logits; the model returned shape "
+            f"{tuple(logits.shape)}. Wrap the model so it returns logits, or pass loss_fn"
+        )
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+        raise ConfigError(
+            f"calibration labels must lie in [0, {logits.shape[1]}) for a model with "
+            f"{logits.shape[1]} outputs; got labels from {int(y.min())} to {int(y.max())}. "
+            "Check model.num_classes against the data"
+        )
+
+
+def _probe_seed(seed: int, gid: int, k: int) -> int:
+    return (int(seed) * 1_000_003 + int(gid) * 10_007 + int(k)) % (2**62)
+
+
+def _hutchinson_sum(
     grads: Sequence[torch.Tensor | None],
     weights: Sequence[torch.Tensor],
     samples: int,
-    gen: torch.Generator,
+    seed: int,
+    gid: int,
 ) -> list[torch.Tensor]:
-    """``|E_v[v ⊙ Hv]| ⊙ W²`` per weight, with ``samples`` Rademacher probes."""
+    """``Σ_k v_k ⊙ H v_k`` per weight for this batch's (summed) loss.
+
+    The probes ``v_k`` are Rademacher vectors drawn from a generator seeded by
+    ``(seed, gid, k)``, so every batch of group ``gid`` uses the same probes and the sum over
+    batches equals the estimator on the whole calibration set.
+    """
     live = [(i, g) for i, g in enumerate(grads) if g is not None]
-    diag = [torch.zeros_like(w) for w in weights]
-    for _ in range(samples):
-        vs = [(torch.randint(0, 2, g.shape, generator=gen).to(g.dtype) * 2 - 1) for _, g in live]
+    diag = [torch.zeros_like(w.detach()) for w in weights]
+    if not live:
+        return diag
+    for k in range(samples):
+        gen = torch.Generator().manual_seed(_probe_seed(seed, gid, k))
+        vs = [
+            (torch.randint(0, 2, g.shape, generator=gen).to(dtype=g.dtype, device=g.device) * 2 - 1)
+            for _, g in live
+        ]
         hv = torch.autograd.grad(
             [g for _, g in live],
             [weights[i] for i, _ in live],
@@ -245,4 +331,4 @@ def _hutchinson(
         for (i, _), v, h in zip(live, vs, hv, strict=True):
             if h is not None:
                 diag[i] += v * h.detach()
-    return [(d / samples).abs() * w.detach() ** 2 for d, w in zip(diag, weights, strict=True)]
+    return diag
