@@ -28,7 +28,11 @@ from pydantic import (
 )
 
 from ._config import StrictConfig
+from .data.fitzpatrick import Fitzpatrick17kSpec
+from .data.images import ImagesSpec
+from .data.isic import ISIC2019Spec
 from .data.npz import GroupSpec
+from .data.tabular import TabularSpec
 from .errors import ConfigError, close_matches
 from .fairness.regularizers import RegularizerSpec
 from .protocols import MeterConfig, MethodConfig
@@ -78,6 +82,24 @@ class SyntheticSpec(_Strict):
     minority_noise: float = Field(1.2, gt=0)
 
 
+_SECTION_SOURCES = {
+    "images": "{csv: labels.csv, root: images/, label: dx, groups: [{column: sex}]}",
+    "fitzpatrick17k": "{csv: fitzpatrick17k.csv, images: images/, groups: binary}",
+    "isic2019": "{ground_truth_csv: ISIC_2019_Training_GroundTruth.csv, metadata_csv: "
+    "ISIC_2019_Training_Metadata.csv, images: images/}",
+    "tabular": "{path: adult.csv, label: income, groups: [{column: sex}]}",
+}
+"""Data sources whose options live in a section named after them (with an example)."""
+
+_PATH_KEYS = {
+    "images": ("csv", "root"),
+    "fitzpatrick17k": ("csv", "images"),
+    "isic2019": ("ground_truth_csv", "metadata_csv", "images"),
+    "tabular": ("path",),
+}
+"""Which keys of each source's section are paths (read relative to the recipe's folder)."""
+
+
 class SelectionSpec(_Strict):
     """``data.selection``: train on a subset chosen by a data selector (coreset)."""
 
@@ -108,7 +130,9 @@ class SelectionSpec(_Strict):
 class DataSpec(_Strict):
     """``data``: where examples, labels and group ids come from."""
 
-    source: Literal["synthetic", "npz"] = "synthetic"
+    source: Literal["synthetic", "npz", "images", "fitzpatrick17k", "isic2019", "tabular"] = (
+        "synthetic"
+    )
     path: str | None = Field(None, description="For source npz; $VARS and ~ are expanded.")
     group: GroupSpec | None = Field(None, description="For source npz: the group column.")
     x_key: str = "x"
@@ -123,6 +147,21 @@ class DataSpec(_Strict):
     selection: SelectionSpec | None = Field(
         None, description="Train on a subset of the training split (data frugality)."
     )
+    images: ImagesSpec | None = Field(None, description="For source images: folder + CSV.")
+    fitzpatrick17k: Fitzpatrick17kSpec | None = Field(
+        None, description="For source fitzpatrick17k."
+    )
+    isic2019: ISIC2019Spec | None = Field(None, description="For source isic2019.")
+    tabular: TabularSpec | None = Field(None, description="For source tabular: CSV/Parquet.")
+
+    @model_validator(mode="after")
+    def _source_needs_its_section(self) -> DataSpec:
+        if self.source in _SECTION_SOURCES and getattr(self, self.source) is None:
+            example = _SECTION_SOURCES[self.source]
+            raise ValueError(
+                f"source {self.source!r} needs its options under `{self.source}:`, e.g. {example}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _npz_needs_path(self) -> DataSpec:
@@ -137,10 +176,16 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    """``model``: ``small_cnn``, ``mlp`` or ``timm:<architecture>`` (never pretrained)."""
+    """``model``: ``small_cnn``, ``mlp``, the zoo (``resnet18``, ``resnet50``,
+    ``deit_tiny_patch16_224``, ``tiny_vit_5m_224``, adapted to small inputs),
+    ``timm:<architecture>`` or ``module:function`` — never
+    pretrained; ``weights`` loads your own state_dict (``weights_only=True``)."""
 
     name: str = "small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(
+        None, description="A state_dict file (torch.save) loaded after building; $VARS and ~ expanded."
+    )
 
 
 class TrainSpec(_Strict):
@@ -718,7 +763,19 @@ def load_recipe(
         # a relative data path is read relative to the recipe file when it exists there
         p = Path(os.path.expanduser(os.path.expandvars(section["path"])))
         if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
-            data["data"] = {**section, "path": str(base_dir / p)}
+            data["data"] = section = {**section, "path": str(base_dir / p)}
+    if base_dir is not None and isinstance(section, dict):
+        for src, keys in _PATH_KEYS.items():
+            sub = section.get(src)
+            if isinstance(sub, dict):
+                sub = dict(sub)
+                for k in keys:
+                    v = sub.get(k)
+                    if isinstance(v, str):
+                        p = Path(os.path.expanduser(os.path.expandvars(v)))
+                        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+                            sub[k] = str(base_dir / p)
+                data["data"] = section = {**section, src: sub}
     try:
         return Recipe.model_validate(data, context={"plugin_manager": pm})
     except ValidationError as exc:

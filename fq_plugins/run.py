@@ -60,6 +60,23 @@ __all__ = [
 # --- data ----------------------------------------------------------------------------
 
 
+def _reader(module: str, name: str) -> Callable[[], Callable[..., GroupDataset]]:
+    def get() -> Callable[..., GroupDataset]:
+        import importlib
+
+        return getattr(importlib.import_module(f"fq_plugins.data.{module}"), name)
+
+    return get
+
+
+_READERS = {
+    "images": _reader("images", "load_images"),
+    "fitzpatrick17k": _reader("fitzpatrick", "load_fitzpatrick17k"),
+    "isic2019": _reader("isic", "load_isic2019"),
+    "tabular": _reader("tabular", "load_tabular"),
+}
+
+
 def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDataset]:
     """Train and test splits (stratified by class × group), channels standardized on train."""
     if spec.source == "synthetic":
@@ -74,6 +91,13 @@ def build_datasets(spec: DataSpec, seed: int) -> tuple[GroupDataset, GroupDatase
             minority_noise=s.minority_noise,
             seed=seed,
         )
+    elif spec.source in _READERS:
+        reader = _READERS[spec.source]()
+        opts = getattr(spec, spec.source)
+        kw: dict[str, Any] = {}
+        if spec.source != "tabular":  # image readers decode only the subsample
+            kw = {"max_examples": spec.max_examples, "seed": seed + 1}
+        ds = reader(opts, key=f"data.{spec.source}", **kw)
     else:
         assert spec.path is not None and spec.group is not None  # the recipe validator checked
         path = os.path.expanduser(os.path.expandvars(spec.path))
@@ -185,6 +209,11 @@ def _build_model(recipe: Recipe, train: GroupDataset) -> nn.Module:
             in_channels=train.x.shape[1],
             image_size=train.x.shape[-1],
             n_classes=train.n_classes,
+            weights=(
+                os.path.expanduser(os.path.expandvars(recipe.model.weights))
+                if recipe.model.weights
+                else None
+            ),
             **recipe.model.kwargs,
         )
     except TypeError as exc:  # a kwarg the architecture does not take
