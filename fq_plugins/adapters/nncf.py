@@ -450,7 +450,8 @@ def _take_nncf_weight_quantizers(
             and port == _WEIGHT_PORT
             and isinstance(h, (SymmetricQuantizer, AsymmetricQuantizer))
         ):
-            by_module.setdefault(op_name.rsplit("/", 2)[0], []).append(hook_name)
+            # NNCF names ops "<module path with / for .>/<fn>/<call>"
+            by_module.setdefault(op_name.rsplit("/", 2)[0].replace("/", "."), []).append(hook_name)
     for t in targets:
         found = by_module.get(t.name, [])
         if not found or t.param != "weight":
@@ -612,7 +613,7 @@ def _weight_op_hook_name(storage: HookStorage, module_name: str, module: nn.Modu
     )
     if kind is None:
         return None
-    return f"{module_name}/{kind}/0"
+    return f"{module_name.replace('.', '/')}/{kind}/0"  # NNCF's op naming
 
 
 def finalize(model: nn.Module, probe: Probe | None = None) -> nn.Module:
@@ -636,7 +637,10 @@ def finalize(model: nn.Module, probe: Probe | None = None) -> nn.Module:
     for m in pipe.session.methods:
         for t in m.transforms:
             targets[t.name] = (t.module, t.param)
-    final = pipe.finalize(model, probe)
+    from ..engine.pipeline import run_probe
+
+    reference = run_probe(probe, model) if probe is not None else None
+    final = pipe.finalize(model, probe, reference=reference)
     codes = pipe.storage_codes()
     storage = h.installer.storage
     # clips and any hook left on a target parameter are folded too
@@ -657,6 +661,11 @@ def finalize(model: nn.Module, probe: Probe | None = None) -> nn.Module:
         register_pre_function_hook(
             final, op, _WEIGHT_PORT, _nncf_weight_quantizer(step, bits, w.device)
         )
+    if probe is not None and reference is not None:
+        # the check covers the NNCF quantizers just put back, not only the engine's bake
+        after = run_probe(probe, final)
+        diff = float((after - reference).abs().max()) if reference.numel() else 0.0
+        pipe.final_diff = max(diff, pipe.final_diff or 0.0)
     h.finalized = True
     final.__dict__[_HOST_ATTR] = h
     return final
@@ -759,8 +768,9 @@ def to_openvino(
     if h is None or not h.finalized:
         raise ConfigError("to_openvino needs the model fq_nncf.finalize returned", key="model")
     codes = h.pipeline.storage_codes()
-    with torch.no_grad():
-        ref = model.eval()(example_input).detach() if check else None
+    from ..engine.pipeline import run_probe
+
+    ref = run_probe(lambda m: m(example_input), model) if check else None
     m = copy.deepcopy(model).eval()
     storage = get_hook_storage(m)
     # NNCF's torch strip converts only 8-bit quantizers: widen each weight quantizer to an

@@ -126,6 +126,7 @@ def test_train_finalize_to_nncf_quantizers_and_checkpoint(nncf_int8):
     with torch.no_grad():
         before = q(x)
     f = fq_nncf.finalize(q, probe=lambda m: m(x))
+    assert fq_nncf.pipeline_of(f).max_diff <= 1e-5 * float(before.abs().max())
     codes = fq_nncf.pipeline_of(f).storage_codes()
     with torch.no_grad():
         after = f(x)
@@ -224,4 +225,10 @@ def test_timm_resnet18_uniform():
         after = f(x)
     assert float((after - before).abs().max()) <= 1e-4 * float(before.abs().max())
     hooks = dict(fq_nncf.get_hook_storage(f).named_hooks())
-    assert hooks["pre_hooks.layer1.0.conv1/conv2d/0__1.0"].num_bits == 4
+    wq = hooks["pre_hooks.layer1/0/conv1/conv2d/0__1.0"]
+    assert wq.num_bits == 4
+    calls = []
+    wq.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        f(x)
+    assert calls  # NNCF runs the quantizer: its op name is NNCF's own
