@@ -742,6 +742,38 @@ class OpenVINOReport:
         }
 
 
+def _match_layer(
+    data: Any, deq_scale: Any, layers: dict[str, Any], codes: dict[str, Any], used: set[str]
+) -> tuple[str | None, Any]:
+    """Which of our layers an OpenVINO weight constant is, and the per-channel factor
+    OpenVINO folded into it (a BatchNorm): int8 constants by their codes, float ones by
+    ``value_c = ratio_c · w_c``."""
+    import numpy as np
+
+    for n, w in layers.items():
+        if n in used or w.shape != data.shape:
+            continue
+        if deq_scale is not None:
+            if np.array_equal(data.astype(np.int64), codes[n].codes.numpy()):
+                return n, np.ones((w.shape[0],) + (1,) * (w.ndim - 1), dtype=np.float64)
+            continue
+        flat_w = w.reshape(w.shape[0], -1).astype(np.float64)
+        flat_v = np.asarray(data, dtype=np.float64).reshape(w.shape[0], -1)
+        idx = np.abs(flat_w).argmax(axis=1)
+        top = flat_w[np.arange(w.shape[0]), idx]
+        if np.any(top == 0):
+            continue
+        ratio = flat_v[np.arange(w.shape[0]), idx] / top
+        if np.allclose(
+            flat_v,
+            flat_w * ratio[:, None],
+            rtol=0,
+            atol=1e-5 * max(1e-12, float(np.abs(flat_v).max())),
+        ):
+            return n, ratio.reshape((-1,) + (1,) * (w.ndim - 1))
+    return None, None
+
+
 _OV_TYPES = {2: "u2", 3: "u3", 4: "u4"}
 
 
@@ -813,17 +845,7 @@ def to_openvino(
                 other = mul[0].input_value(1).get_node()
                 if other.get_type_name() == "Constant":
                     deq_scale = other.get_data()
-        value = data.astype(np.float32) * deq_scale if deq_scale is not None else data
-        name = next(
-            (
-                n
-                for n, w in layers.items()
-                if n not in used
-                and w.shape == value.shape
-                and np.allclose(w, value, rtol=0, atol=1e-5 * max(1e-12, float(np.abs(w).max())))
-            ),
-            None,
-        )
+        name, ratio = _match_layer(data, deq_scale, layers, codes, used)
         if name is None:
             continue
         used.add(name)
@@ -852,7 +874,8 @@ def to_openvino(
             report[name] = et
             continue
         shape_c = (-1,) + (1,) * (k.ndim - 1)
-        scale = qc.scale.numpy().reshape(shape_c).astype(np.float32)
+        # OpenVINO may fold a BatchNorm into the weight: value_c = ratio_c · w_c
+        scale = (qc.scale.numpy().reshape(shape_c) * ratio).astype(np.float32)
         if width <= 4:
             et = _OV_TYPES[width]
             zp = (1 << (width - 1)) - 1
