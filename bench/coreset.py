@@ -286,6 +286,9 @@ def summarize(store: dict[str, Any]) -> list[dict[str, Any]]:
             "energy_method": per[0][1]["train_energy"]["method"],
         }
         for k, xs in vals.items():
+            if any(math.isnan(x) for x in xs):
+                row[k] = {"mean": math.nan, "std": math.nan}
+                continue
             row[k] = {
                 "mean": statistics.fmean(xs),
                 "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
