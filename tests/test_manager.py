@@ -33,7 +33,7 @@ def test_builtins_register_every_family(pm):
     assert pm.compressors.names() == BUILTIN_COMPRESSORS
     assert set(pm.metrics.names()) >= {"group_accuracy", "worst_group_accuracy", "accuracy_gap"}
     assert pm.meters.names() == ["codecarbon", "cpu_time", "nvml", "rapl"]
-    assert pm.selectors.names() == ["random"]
+    assert pm.selectors.names() == ["el2n", "kcenter", "random"]
     names = {i.name for i in pm.plugin_infos()}
     assert set(DEFAULT_PLUGINS) <= names
     for info in pm.plugin_infos():
@@ -152,7 +152,7 @@ def test_fq_register_energy_meters_third_party_entry_point(tp_pm):
 
 def test_fq_register_data_selectors_third_party_entry_point(tp_pm):
     pm, mod = tp_pm
-    assert pm.selectors.names() == ["random", "tp_selector"]
+    assert pm.selectors.names() == ["el2n", "kcenter", "random", "tp_selector"]
     assert pm.selectors.get("tp_selector") is mod.S
     assert _tp_info(pm).registered["selectors"] == ["tp_selector"]
     kept = pm.selectors.create("tp_selector").select(torch.zeros(10, dtype=torch.int64), 0.3)
