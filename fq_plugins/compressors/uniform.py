@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from .._config import StrictConfig
 from ..accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ..errors import ConfigError
 from ..protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
@@ -52,7 +53,7 @@ class SymmetricWeightQuant(nn.Module):
         )
 
 
-class AvgBitsBudget(BaseModel):
+class AvgBitsBudget(StrictConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
     avg_bits: float = Field(gt=0, description="Target parameter-weighted average bits.")
 

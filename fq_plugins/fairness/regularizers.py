@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from .._config import StrictConfig
 from ..errors import ConfigError
 
 __all__ = ["RegularizerSpec", "fairness_penalty", "per_group_losses"]
@@ -19,7 +20,7 @@ __all__ = ["RegularizerSpec", "fairness_penalty", "per_group_losses"]
 RegularizerKind = Literal["gap", "worst", "variance", "none"]
 
 
-class RegularizerSpec(BaseModel):
+class RegularizerSpec(StrictConfig):
     """``fairness.regularizer`` in a recipe."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
+from ..._config import StrictConfig
 from ...accounting import UNQUANTIZED_BITS, average_bits, weight_params_total
 from ...errors import ConfigError
 from ...protocols import AttachContext, CompressionStats, Compressor, LayerStats, MethodConfig
@@ -47,7 +48,7 @@ __all__ = [
 log = logging.getLogger("fq_plugins")
 
 
-class ImportanceSpec(BaseModel):
+class ImportanceSpec(StrictConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     signal: Literal["grape", "gradient", "hawq"] = "grape"
@@ -59,7 +60,7 @@ class ImportanceSpec(BaseModel):
     hawq_samples: int = Field(10, ge=1)
 
 
-class BudgetSpec(BaseModel):
+class BudgetSpec(StrictConfig):
     """Either ``levels`` (bit → fraction of channels) or ``avg_bits`` (parameter-weighted)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -89,7 +90,7 @@ class BudgetSpec(BaseModel):
         return self
 
 
-class BitRange(BaseModel):
+class BitRange(StrictConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min: int = Field(2, ge=1, le=16)
@@ -102,7 +103,7 @@ class BitRange(BaseModel):
         return self
 
 
-class Penalties(BaseModel):
+class Penalties(StrictConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bitrate: float = Field(1.0, ge=0.0, description="λ_b of λ_b·(avg_bits − target)².")
@@ -220,7 +221,8 @@ class FairQuantCompressor(Compressor):
         n_targeted = sum(self.original(t.module, t.param).numel() for t in targets)
         self._n_untargeted = self._n_all - n_targeted
         self._unit_params = {
-            t.name: self.original(t.module, t.param).numel() // self.importance.scores[t.name].numel()
+            t.name: self.original(t.module, t.param).numel()
+            // self.importance.scores[t.name].numel()
             for t in targets
         }
         budget = cfg.budget
@@ -386,7 +388,9 @@ class FairQuantCompressor(Compressor):
         for t in self.transforms:
             q = t.transform
             c = int(self.original(t.module, t.param).shape[0])
-            bits = q.bits() if isinstance(q, LearnableBitQuant) else cast(SymmetricWeightQuant, q).bits
+            bits = (
+                q.bits() if isinstance(q, LearnableBitQuant) else cast(SymmetricWeightQuant, q).bits
+            )
             layers[t.name] = LayerStats(
                 bits=(bits if bits.numel() == c else bits.expand(c)).detach().clone()
             )
