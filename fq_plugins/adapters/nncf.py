@@ -730,7 +730,7 @@ class OpenVINOReport:
         return [
             n
             for n, t in self.layers.items()
-            if t in ("u2", "u3", "u4") or (t == "i8" and self.bits[n] == 8)
+            if t in ("u2", "u3", "u4") or (t in ("i8", "u8") and self.bits[n] == 8)
         ]
 
     @property
@@ -833,19 +833,37 @@ def to_openvino(
         data = node.get_data()
         users = [t.get_node() for t in node.output(0).get_target_inputs()]
         deq_scale = None
+        ov_codes, tail = data, None
         if (
-            node.get_element_type() == ov.Type.i8
+            node.get_element_type() in (ov.Type.i8, ov.Type.u8)
             and len(users) == 1
             and users[0].get_type_name() == "Convert"
         ):
             # OpenVINO's frontend already turned NNCF's 8-bit weight FakeQuantize into
-            # Constant(i8) → Convert → Multiply(scale)
-            mul = [t.get_node() for t in users[0].output(0).get_target_inputs()]
-            if len(mul) == 1 and mul[0].get_type_name() == "Multiply":
-                other = mul[0].input_value(1).get_node()
+            # Constant(i8) → Convert → Multiply(scale), or Constant(u8) → Convert →
+            # Subtract(zero point) → Multiply(scale)
+            tail = users[0]
+            nxt = [t.get_node() for t in tail.output(0).get_target_inputs()]
+            if node.get_element_type() == ov.Type.u8:
+                zp_node = nxt[0].input_value(1).get_node() if len(nxt) == 1 else None
+                if zp_node is not None and zp_node.get_type_name() == "Convert":
+                    zp_node = zp_node.input_value(0).get_node()
+                if (
+                    len(nxt) == 1
+                    and nxt[0].get_type_name() == "Subtract"
+                    and zp_node is not None
+                    and zp_node.get_type_name() == "Constant"
+                ):
+                    ov_codes = data.astype(np.int64) - zp_node.get_data().astype(np.int64)
+                    tail = nxt[0]
+                    nxt = [t.get_node() for t in tail.output(0).get_target_inputs()]
+                else:
+                    nxt = []
+            if len(nxt) == 1 and nxt[0].get_type_name() == "Multiply":
+                other = nxt[0].input_value(1).get_node()
                 if other.get_type_name() == "Constant":
                     deq_scale = other.get_data()
-        name, ratio = _match_layer(data, deq_scale, layers, codes, used)
+        name, ratio = _match_layer(ov_codes, deq_scale, layers, codes, used)
         if name is None:
             continue
         used.add(name)
@@ -854,14 +872,14 @@ def to_openvino(
         k = qc.codes.numpy()
         top = int(np.abs(k).max())
         width = _bits_for_codes(top) or 16
-        if deq_scale is not None:
-            if not np.array_equal(data.astype(np.int64), k):
+        if deq_scale is not None and tail is not None:
+            if not np.array_equal(ov_codes.astype(np.int64), k):
                 report[name] = (
                     "i8: OpenVINO's int8 codes differ from the method's (kept as converted)"
                 )
                 continue
             if width > 4:
-                report[name] = "i8"
+                report[name] = "i8" if node.get_element_type() == ov.Type.i8 else "u8"
                 continue
             et = _OV_TYPES[width]
             zp = (1 << (width - 1)) - 1
@@ -869,7 +887,7 @@ def to_openvino(
                 getattr(ov.Type, et), ov.Shape(list(k.shape)), (k + zp).reshape(-1).tolist()
             )
             x = ops.subtract(ops.convert(c, "f32"), ops.constant(np.float32(zp)))
-            for target in list(users[0].output(0).get_target_inputs()):
+            for target in list(tail.output(0).get_target_inputs()):
                 target.replace_source_output(x.output(0))
             report[name] = et
             continue
