@@ -252,7 +252,7 @@ def test_a_full_disk_names_the_file_and_leaves_no_half_file(tmp_path, monkeypatc
     monkeypatch.setattr(rf, "open", fake_open, raising=False)
     pm = get_plugin_manager()
     out = tmp_path / "o"
-    report, _ = run(
+    run(
         load_recipe(TINY, plugin_manager=pm),
         plugin_manager=pm,
         output_dir=str(out),
