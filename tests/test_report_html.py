@@ -179,7 +179,8 @@ def test_the_summary_table_is_mean_and_sample_std_over_seeds(report, page):
             assert mean == pytest.approx(x.mean(), abs=5e-5), (r[0], head)
             assert std == pytest.approx(x.std(ddof=1), abs=5e-5), (r[0], head)
         e = np.array([v["energy_joules"] for v in vs])
-        assert float(r[col["energy (J)"]].split(" ± ")[0]) == pytest.approx(e.mean(), rel=2e-3)
+        # printed with 3 significant digits: off by at most half a unit in the third (≤ 0.5 %)
+        assert float(r[col["energy (J)"]].split(" ± ")[0]) == pytest.approx(e.mean(), rel=5e-3)
         assert r[col["energy method"]] == "estimated:cpu-time-default"
         bits = np.array([v["cost"]["avg_bits_param"] for v in vs])
         assert float(r[col["avg bits"]].split(" ± ")[0]) == pytest.approx(bits.mean(), abs=5e-3)
