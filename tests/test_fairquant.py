@@ -314,6 +314,30 @@ def test_projection_brings_learned_bits_back_under_budget():
     assert session.cost(final).avg_bits_param <= 4.0 + 1e-9
 
 
+def test_projection_with_tensor_importance_caps_each_tensor_by_its_widest_channel():
+    """granularity: tensor gives one importance unit per tensor while BAQ learns bits per
+    channel: the projection used to crash broadcasting per-channel caps against tensor
+    units (found by the NNCF adapter's tests)."""
+    model = _model()
+    ctx, _ = _tiny_ctx()
+    comp = FairQuantCompressor(
+        mode="baq",
+        budget={"avg_bits": 4.0},
+        penalties={"bitrate": 0.0},
+        importance={"granularity": "tensor", "calib_batches": 1},
+    )
+    session = CompressionSession([comp])
+    session.attach(model, ctx)
+    for q in [q for _, _, q in comp._baq()]:
+        with torch.no_grad():
+            q.bit_logit.fill_(3.0)
+    assert float(comp.avg_bits()) > 4.0
+    session.on_epoch_end(0)
+    assert session.cost(model).avg_bits_param <= 4.0 + 1e-9
+    for q in [q for _, _, q in comp._baq()]:  # one width per tensor after the projection
+        assert q.bits().unique().numel() == 1
+
+
 def test_bitrate_penalty_pulls_bits_toward_budget():
     q = LearnableBitQuant(torch.full((4,), 8.0))
     comp = FairQuantCompressor(mode="baq")

@@ -356,7 +356,10 @@ class FairQuantCompressor(Compressor):
             return False
         cfg = self.config
         scores = {name: self._scores(name).float() for name, _, _ in baq}
-        max_bits = {name: q.bits() for name, _, q in baq}
+        max_bits = {}
+        for name, _, q in baq:  # one cap per importance unit (a tensor unit: its widest channel)
+            b, units = q.bits().flatten(), scores[name].numel()
+            max_bits[name] = b if b.numel() == units else b.reshape(units, -1).amax(dim=1)
         static = self._static()
         fixed = self._n_untargeted + sum(
             int(sq.bits.numel()) * self._unit_params[n] for n, sq in static
