@@ -86,13 +86,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_MODULES",
+    "CHECK_CONFIG",
     "TESTED_NNCF",
     "FQWeightHook",
     "NNCFHookInstaller",
     "NNCFRangeClip",
     "OpenVINOReport",
     "SequentialWrapper",
+    "WeightCompressionPlan",
     "apply",
+    "compress_weights",
     "finalize",
     "objective",
     "penalty",
@@ -776,6 +779,10 @@ def _match_layer(
 
 _OV_TYPES = {2: "u2", 3: "u3", 4: "u4"}
 
+CHECK_CONFIG: dict[str, str] = {"EXECUTION_MODE_HINT": "ACCURACY"}
+"""OpenVINO CPU config of :func:`to_openvino`'s check: float32 throughout (the CPU plugin's
+default may run bf16 and quantize activations dynamically, see docs/adapters/nncf.md)."""
+
 
 def to_openvino(
     model: nn.Module, example_input: torch.Tensor, *, check: bool = True
@@ -783,7 +790,8 @@ def to_openvino(
     """The finalized model as an OpenVINO model with low-bit weight constants.
 
     :param model: the output of :func:`finalize`.
-    :param check: compile on CPU and record ``max_diff`` = max |OpenVINO − torch| outputs.
+    :param check: compile on CPU with :data:`CHECK_CONFIG` (float32) and record
+        ``max_diff`` = max |OpenVINO − torch| outputs.
     :raises MissingDependencyError: openvino is not installed.
     :raises ConfigError: the model was not finalized.
     """
@@ -924,7 +932,245 @@ def to_openvino(
         bits.setdefault(n, int(codes[n].bits.max()))
     diff = None
     if check and ref is not None:
-        compiled = ov.compile_model(ov_model, "CPU")
+        # OpenVINO's CPU defaults are not float32: bf16 inference on CPUs with AVX512-BF16 or
+        # AMX, and dynamic int8 quantization of the activations of compressed-weight layers.
+        # The check compares the graph itself, so it runs in float32 (ACCURACY mode).
+        compiled = ov.compile_model(ov_model, "CPU", CHECK_CONFIG)
         out = compiled(example_input.detach().cpu().numpy())[0]
         diff = float(np.abs(out - ref.cpu().numpy()).max())
     return ov_model, OpenVINOReport(layers=report, bits=bits, max_diff=diff)
+
+
+# --- nncf.compress_weights with group-aware sensitivities --------------------------------
+
+_PRIMARY_MODES = ("int4_sym", "int4_asym")
+_BACKUP_MODES = ("int8_asym", "int8_sym")
+
+
+@dataclasses.dataclass
+class WeightCompressionPlan:
+    """Which layers :func:`compress_weights` gave NNCF's primary (4-bit) and which its
+    backup (8-bit) precision, and why.
+
+    ``scores[name]`` is the layer's group-aware importance per weight (FairQuant's
+    ``importance`` with ``granularity: tensor``, or the ``sensitivities`` given);
+    ``nodes[name]`` the NNCF graph node the layer's weight feeds; ``ratio`` the achieved
+    fraction of the candidate weights at the primary precision (NNCF's ``ratio``)."""
+
+    primary: list[str]
+    backup: list[str]
+    scores: dict[str, float]
+    params: dict[str, int]
+    nodes: dict[str, str]
+    mode: str
+    backup_mode: str
+    requested_ratio: float
+    ratio: float
+    fixed_backup: list[str] = dataclasses.field(default_factory=list)
+    """Weighted layers NNCF never compresses to the primary precision (convolutions; embeddings
+    without ``all_layers``): left to the backup call, outside the ratio."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _nncf_mode(value: str, allowed: tuple[str, ...], key: str) -> Any:
+    v = str(getattr(value, "value", value)).lower()
+    if v not in allowed:
+        raise ConfigError(
+            f"{v!r} is not supported here; allowed: {', '.join(allowed)} (NNCF 3.4's torch "
+            "backend has no INT2/INT3 decompressors, and two precision levels are all "
+            "compress_weights mixes)",
+            key=key,
+        )
+    return nncf.CompressWeightsMode(v)
+
+
+def _weight_nodes(model: nn.Module, example_input: Any, all_layers: bool) -> tuple[dict, dict]:
+    """``{module name: NNCF node name}`` for the layers NNCF's weight compression may put in
+    the primary precision (MatMul-type ops; embeddings with ``all_layers``), and for the other
+    weighted ops it compresses (always at the backup precision)."""
+    from nncf.quantization.algorithms.weight_compression.torch_backend import (
+        PTWeightCompressionAlgoBackend as Backend,
+    )
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+
+    graph = build_nncf_graph(model, example_input)
+    backend = Backend()
+    primary: dict[str, str] = {}
+    other: dict[str, str] = {}
+    for node in graph.get_all_nodes():
+        if not Backend.is_node_with_weights(node, graph):
+            continue
+        for wname, _ in Backend.get_weight_names_and_port_ids(node, graph):
+            mod = wname.rsplit(".", 1)[0] if wname.endswith(".weight") else None
+            if mod is None:
+                continue
+            ok = node.metatype in backend.matmul_metatypes or (
+                all_layers and node.metatype in backend.embedding_metatypes
+            )
+            (primary if ok else other)[mod] = node.node_name
+    return primary, other
+
+
+def compress_weights(
+    model: nn.Module,
+    calib: Any = None,
+    *,
+    ratio: float = 0.8,
+    mode: str = "int4_sym",
+    backup_mode: str = "int8_asym",
+    group_size: int = 128,
+    importance: Any = None,
+    sensitivities: dict[str, float] | None = None,
+    n_groups: int | None = None,
+    group_key: str = "group",
+    all_layers: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    example_input: torch.Tensor | None = None,
+    **nncf_kwargs: Any,
+) -> tuple[nn.Module, WeightCompressionPlan]:
+    """``nncf.compress_weights`` with the primary/backup split chosen by FairQuant's
+    group-aware importance instead of NNCF's own sensitivity metric.
+
+    NNCF mixes two precisions by ``ratio`` and has no public way to pass sensitivities. This
+    ranks the layers with :func:`~fq_plugins.compressors.fairquant.importance.group_importance`
+    (or takes ``sensitivities``), chooses the primary layers with FairQuant's MILP at levels
+    {4, 8} and the budget ``ratio`` (the least important weights go to 4 bits), then calls
+    ``nncf.compress_weights`` twice with complementary ``ignored_scope``\\ s: ``mode`` on the
+    chosen layers, ``backup_mode`` on the rest.
+
+    :param calib: ``(x, y, group)`` batches (a DataLoader, list or callable), as for
+        :func:`apply`; also NNCF's tracing input (the first batch's ``x``).
+    :param ratio: fraction of the candidate weights (NNCF's ratio-defining layers) at ``mode``.
+    :param importance: FairQuant ``importance`` options (``signal``, ``reducer``,
+        ``calib_batches``, ``group_source``, ``hawq_samples``); ``granularity`` is ``tensor``.
+    :param sensitivities: per-layer scores (higher = keep at the backup precision); given,
+        no calibration pass runs.
+    :param nncf_kwargs: passed to both ``nncf.compress_weights`` calls (``awq`` etc.).
+    :returns: the compressed model (NNCF compresses in place, as ``nncf.compress_weights``)
+        and the :class:`WeightCompressionPlan`.
+    """
+    from ..compressors.fairquant import ImportanceSpec
+    from ..compressors.fairquant.allocation import allocate_bits
+    from ..compressors.fairquant.importance import group_importance
+    from ..engine.batches import unpack_batch
+
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise ConfigError(f"ratio must be a number in [0, 1]; got {ratio!r}", key="ratio")
+    primary_mode = _nncf_mode(mode, _PRIMARY_MODES, "mode")
+    backup = _nncf_mode(backup_mode, _BACKUP_MODES, "backup_mode")
+    for k in ("ignored_scope", "dataset", "ratio", "mode", "group_size"):
+        if k in nncf_kwargs:
+            raise ConfigError(
+                f"{k} is set by fq_nncf.compress_weights itself; pass ratio/mode/group_size "
+                "as its own arguments (layers to leave alone: exclude them from the model's "
+                "candidates with sensitivities)",
+                key=k,
+            )
+    model = wrap_sequential(model)
+    factory = _calib_factory(calib)
+    if example_input is None:
+        if factory is None:
+            raise ConfigError(
+                "compress_weights needs calib batches (or example_input with sensitivities) "
+                "to trace the model",
+                key="calib",
+            )
+        example_input = unpack_batch(next(iter(factory())), group_key=group_key)[0]
+    model.eval()
+    cand, other = _weight_nodes(model, example_input, all_layers)
+    if not cand:
+        raise ConfigError(
+            f"{type(model).__name__} has no layer NNCF's weight compression can put at "
+            f"{primary_mode.value} (Linear/MatMul; embeddings with all_layers=True)",
+            key="model",
+        )
+    params = {n: int(cast(torch.Tensor, model.get_submodule(n).weight).numel()) for n in cand}
+    if sensitivities is not None:
+        unknown = sorted(set(sensitivities) - set(cand))
+        missing = sorted(set(cand) - set(sensitivities))
+        if unknown or missing:
+            raise ConfigError(
+                f"sensitivities must name exactly the candidate layers {sorted(cand)}; "
+                f"unknown {unknown}, missing {missing}",
+                key="sensitivities",
+            )
+        scores = {n: float(sensitivities[n]) for n in cand}
+        bad = {n: v for n, v in scores.items() if not math.isfinite(v) or v < 0}
+        if bad:
+            raise ConfigError(
+                f"sensitivities must be finite and ≥ 0; got {bad}", key="sensitivities"
+            )
+    else:
+        if factory is None:
+            raise ConfigError(
+                "group-aware sensitivities need calib batches (x, y, group); pass calib, or "
+                "your own sensitivities",
+                key="calib",
+            )
+        spec = ImportanceSpec.model_validate({**dict(importance or {}), "granularity": "tensor"})
+        batches = (unpack_batch(b, group_key=group_key) for b in factory())
+        imp = group_importance(
+            model,
+            batches,
+            [(n, model.get_submodule(n)) for n in cand],
+            signal=spec.signal,
+            reducer=spec.reducer,
+            calib_batches=spec.calib_batches,
+            n_groups=n_groups,
+            group_source=spec.group_source,
+            granularity="tensor",
+            cvar_alpha=spec.cvar_alpha,
+            hawq_samples=spec.hawq_samples,
+            loss_fn=loss_fn,
+        )
+        scores = {n: float(imp.scores[n].reshape(-1)[0]) for n in cand}
+    total = sum(params.values())
+    if ratio >= 1:
+        chosen = set(cand)
+    elif ratio <= 0:
+        chosen = set()
+    else:
+        alloc = allocate_bits(
+            {n: torch.tensor([scores[n]], dtype=torch.float64) for n in cand},
+            {n: params[n] for n in cand},
+            levels=(4, 8),
+            avg_bits=8.0 - 4.0 * float(ratio),
+        )
+        chosen = {n for n in cand if int(alloc.bits[n].reshape(-1)[0]) == 4}
+    primary = [n for n in cand if n in chosen]
+    rest = [n for n in cand if n not in chosen]
+    dataset = nncf.Dataset([example_input])
+    if primary:
+        model = nncf.compress_weights(
+            model,
+            mode=primary_mode,
+            ratio=1.0,
+            group_size=group_size,
+            all_layers=True,
+            dataset=dataset,
+            ignored_scope=nncf.IgnoredScope(names=[cand[n] for n in rest] + list(other.values())),
+            **nncf_kwargs,
+        )
+    if rest or other:
+        model = nncf.compress_weights(
+            model,
+            mode=backup,
+            dataset=dataset,
+            ignored_scope=nncf.IgnoredScope(names=[cand[n] for n in primary]),
+            **nncf_kwargs,
+        )
+    plan = WeightCompressionPlan(
+        primary=primary,
+        backup=rest,
+        scores=scores,
+        params=params,
+        nodes=dict(cand),
+        mode=primary_mode.value,
+        backup_mode=backup.value,
+        requested_ratio=float(ratio),
+        ratio=sum(params[n] for n in primary) / total,
+        fixed_backup=sorted(other),
+    )
+    return model, plan

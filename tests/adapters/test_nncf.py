@@ -232,3 +232,31 @@ def test_timm_resnet18_uniform():
     with torch.no_grad():
         f(x)
     assert calls  # NNCF runs the quantizer: its op name is NNCF's own
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        {"compress": [{"method": "uniform", "bits": 3}]},
+        {"compress": [{"method": "codeq", "bits": 4}]},
+    ],
+)
+def test_openvino_graph_equals_torch_without_activation_quantizers(rec):
+    """Weights-only (a plain model through apply: no NNCF activation quantizers): the
+    low-bit OpenVINO graph, run in float32, is the torch model to float rounding. (With
+    int8 activation quantizers, rounding ties flip between any two float implementations.)"""
+    ov = pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    batches = _batches()
+    x = batches[0][0]
+    q = fq_nncf.apply(Net().eval(), rec, calib=batches)
+    f = fq_nncf.finalize(q, probe=lambda m: m(x))
+    om, rep = fq_nncf.to_openvino(f, x)
+    with torch.no_grad():
+        ref = f(x)
+    assert set(rep.layers.values()) <= {"u3", "u4"}, rep.layers
+    assert rep.max_diff is not None
+    assert rep.max_diff <= 1e-5 * float(ref.abs().max())
+    assert fq_nncf.CHECK_CONFIG == {"EXECUTION_MODE_HINT": "ACCURACY"}
+    out = ov.compile_model(om, "CPU", fq_nncf.CHECK_CONFIG)(x.numpy())[0]
+    assert abs(out - ref.numpy()).max() == pytest.approx(rep.max_diff, abs=1e-7)
