@@ -9,7 +9,10 @@ All in one process, CPU, timm resnet18 (pretrained=False), 32 px, HAM10000 32 px
 * **infer** — latency (median of ``--calls`` after warm-up, round-robin) at batch 1 and 64 of
   torch FP32 eager, OpenVINO FP32 (``ov.convert_model`` of the float model), and the
   OpenVINO models :func:`fq_plugins.adapters.nncf.to_openvino` exports from a finalized
-  FairQuant BAQ (mixed 2/4/8) and a CoDeQ model; serialized size (xml + bin,
+  FairQuant BAQ (mixed 2/4/8), a CoDeQ model (learned bits) and a CoDeQ model at 4 bits,
+  each compiled with OpenVINO's CPU defaults (bf16 where the CPU has AVX512-BF16/AMX,
+  dynamic activation quantization) and in float32 (``_f32``: ``EXECUTION_MODE_HINT:
+  ACCURACY``); serialized size (xml + bin,
   ``compress_to_fp16=False``) over the FP32 torch ``state_dict`` size.
 * **accuracy** — accuracy and worst-group accuracy (group = age ≥ 60) of each finalized
   torch model and of its OpenVINO export on the test split.
@@ -58,6 +61,8 @@ BAQ = {
     "fairness": {"regularizer": {"kind": "gap", "weight": 0.5}},
 }
 CODEQ = {"compress": [{"method": "codeq", "targets": {"ignore": ["conv1", "fc"]}}]}
+CODEQ4 = {"compress": [{"method": "codeq", "bits": 4, "targets": {"ignore": ["conv1", "fc"]}}]}
+F32 = {"EXECUTION_MODE_HINT": "ACCURACY"}  # OpenVINO CPU in float32 (default may be bf16)
 
 
 def batches(ds: Any, bs: int, n: int, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
@@ -165,7 +170,7 @@ def main() -> None:
     acc: dict[str, Any] = {}
     reports: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp())
-    for name, rec in (("fairquant_baq", BAQ), ("codeq", CODEQ)):
+    for name, rec in (("fairquant_baq", BAQ), ("codeq", CODEQ), ("codeq_4bit", CODEQ4)):
         q = fq_nncf.apply(copy.deepcopy(qnncf), rec, calib=calib).train()
         opt = torch.optim.AdamW(fq_nncf.session_of(q).param_groups(q, lr=1e-4))
         o = fq_nncf.objective(q, n_groups=2)
@@ -187,23 +192,33 @@ def main() -> None:
         ov.save_model(om, str(path), compress_to_fp16=False)
         reports[name]["ir_bytes"] = path.stat().st_size + path.with_suffix(".bin").stat().st_size
         compiled = ov.compile_model(om, "CPU", {"INFERENCE_NUM_THREADS": args.threads})
+        compiled32 = ov.compile_model(om, "CPU", {"INFERENCE_NUM_THREADS": args.threads, **F32})
         y, g = test.y.numpy(), test.group.numpy()
         acc[name] = {
             "torch": group_acc(torch_pred(f, test.x), y, g),
             "openvino": group_acc(ov_pred(compiled, test.x), y, g),
+            "openvino_f32": group_acc(ov_pred(compiled32, test.x), y, g),
         }
         variants[f"ov_{name}"] = compiled
+        variants[f"ov_{name}_f32"] = compiled32
     fp_om = ov.convert_model(dense, example_input=x64)
     fp_path = tmp / "fp32.xml"
     ov.save_model(fp_om, str(fp_path), compress_to_fp16=False)
     fp_ir = fp_path.stat().st_size + fp_path.with_suffix(".bin").stat().st_size
     torch_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
     variants["ov_fp32"] = ov.compile_model(fp_om, "CPU", {"INFERENCE_NUM_THREADS": args.threads})
+    variants["ov_fp32_f32"] = ov.compile_model(
+        fp_om, "CPU", {"INFERENCE_NUM_THREADS": args.threads, **F32}
+    )
     y, g = test.y.numpy(), test.group.numpy()
     acc["fp32"] = {
         "torch": group_acc(torch_pred(dense, test.x), y, g),
         "openvino": group_acc(ov_pred(variants["ov_fp32"], test.x), y, g),
+        "openvino_f32": group_acc(ov_pred(variants["ov_fp32_f32"], test.x), y, g),
     }
+    result["openvino_cpu_default_precision"] = str(
+        ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    )
 
     lat: dict[str, dict[str, float]] = {}
     for bname, xb in (("b1", x1), ("b64", x64)):
