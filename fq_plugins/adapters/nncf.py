@@ -263,6 +263,22 @@ class FQWeightHook(nn.Module, StatefulModuleInterface):
         return cls(build_module(state["transform"]))
 
 
+class _RangeClip(torch.autograd.Function):
+    """``clamp(w, -r, r)`` with the gradient ``[|w| ≤ r]`` from one saved mask (the
+    composed ``maximum(minimum(w, r), -r)`` costs four mask passes in its backward)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        inside = w.abs() <= r
+        ctx.save_for_backward(inside)
+        return torch.clamp(w, min=-r, max=r)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None
+
+
 class NNCFRangeClip(nn.Module, StatefulModuleInterface):
     """``clamp(w, -r_c, r_c)`` with NNCF's weight-quantizer range ``r = |scale| + eps``.
 
@@ -282,8 +298,7 @@ class NNCFRangeClip(nn.Module, StatefulModuleInterface):
         self.narrow_range = bool(narrow_range)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        r = self.range.to(w.dtype)
-        return torch.maximum(torch.minimum(w, r), -r)
+        return cast(torch.Tensor, _RangeClip.apply(w, self.range.to(w.dtype)))
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -260,3 +260,22 @@ def test_openvino_graph_equals_torch_without_activation_quantizers(rec):
     assert fq_nncf.CHECK_CONFIG == {"EXECUTION_MODE_HINT": "ACCURACY"}
     out = ov.compile_model(om, "CPU", fq_nncf.CHECK_CONFIG)(x.numpy())[0]
     assert abs(out - ref.numpy()).max() == pytest.approx(rep.max_diff, abs=1e-7)
+
+
+def test_range_clip_forward_and_gradient():
+    """Oracle: torch.clamp with tensor bounds (same inclusive gradient convention)."""
+    torch.manual_seed(0)
+    clip = fq_nncf.NNCFRangeClip([4, 1])
+    clip.range.copy_(torch.tensor([[0.5], [1.0], [0.1], [2.0]]))
+    w = torch.randn(4, 6)
+    w[0, 0] = 0.5  # on the boundary: passes the gradient, as clamp does
+    w1 = w.clone().requires_grad_()
+    w2 = w.clone().requires_grad_()
+    g = torch.randn(4, 6)
+    out = clip(w1)
+    (out * g).sum().backward()
+    ref = torch.clamp(w2, min=-clip.range, max=clip.range)
+    (ref * g).sum().backward()
+    assert torch.equal(out, ref)
+    assert torch.equal(w1.grad, w2.grad)
+    assert 0 < int((w1.grad == 0).sum()) < w.numel()
