@@ -239,9 +239,11 @@ def main() -> None:
     ap.add_argument("--part", help="write this process's seeds here (merge later) instead of the results file")
     ap.add_argument("--merge", nargs="+", help="merge --part files into the results file and summarize")
     ap.add_argument("--report-only", action="store_true", help="recompute the summary from the JSON")
+    ap.add_argument("--out", default=str(RESULTS), help="results JSON (default: %(default)s)")
     args = ap.parse_args()
+    out_path = Path(args.out)
     if args.merge or args.report_only:
-        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"seeds": {}}
+        results = json.loads(out_path.read_text()) if out_path.exists() else {"seeds": {}}
         for p in args.merge or []:
             part = json.loads(Path(p).read_text())
             results.update({k: v for k, v in part.items() if k != "seeds"})
@@ -251,7 +253,7 @@ def main() -> None:
         if not Path(args.data).exists():
             sys.exit(f"data file {args.data} not found; pass --data or set FQ_DATA_DIR")
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-        dest = Path(args.part) if args.part else RESULTS
+        dest = Path(args.part) if args.part else out_path
         results = json.loads(dest.read_text()) if dest.exists() else {"seeds": {}}
         results.update({
             "command": "python " + " ".join(sys.argv), "epochs": args.epochs, "ft_epochs": args.ft_epochs,
@@ -268,7 +270,7 @@ def main() -> None:
         if args.part:
             return
     results["summary"] = summarize(results)
-    _write(RESULTS, results)
+    _write(out_path, results)
     print_summary(results["summary"])
 
 
