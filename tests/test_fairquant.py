@@ -500,7 +500,9 @@ def _close(a, b, rel=1e-4):
 
 
 @pytest.mark.slow
-def test_resnet18_one_example_groups_no_crash_and_batching_invariant(signal="grape", reducer="balanced"):
+def test_resnet18_one_example_groups_no_crash_and_batching_invariant(
+    signal="grape", reducer="balanced"
+):
     """Issue 16: resnet18 at 32 px, every batch holds exactly one example of group 1. In
     train mode BN raised "Expected more than 1 value per channel"; now importance is the
     same whether the data comes as 1-example groups or all at once, and equals the
@@ -582,13 +584,23 @@ def test_dry_run_raises_what_the_real_attach_would():
     # one group per example count mismatch
     with pytest.raises(ConfigError, match="8 labels but 4 group ids"):
         _attach(net, [(x, y, torch.arange(4) % 2)], 2, dry_run=True)
-    # a group missing from the one dry-run batch is not an error there (the real
-    # calibration set may hold it), but it is in the real attach
-    only0 = [(x, y, torch.zeros(8, dtype=torch.long))]
-    comp = _attach(copy_net(net), only0, 2, dry_run=True, signal="hawq", hawq_samples=2)
+    # the dry run computes on one batch but reads the group ids of all calibration batches
+    # (importance.calib_batches = 4): a group first seen in batch 3 is fine ...
+    zeros = torch.zeros(8, dtype=torch.long)
+    later = [(x, y, zeros), (x, y, zeros), (x, y, torch.arange(8) % 2)]
+    comp = _attach(copy_net(net), later, 2, dry_run=True, signal="hawq", hawq_samples=2)
     assert comp.importance.n_batches == 1
-    with pytest.raises(ConfigError, match=r"group\(s\) \[1\] have no samples"):
-        _attach(copy_net(net), only0, 2, dry_run=False)
+    _attach(copy_net(net), later, 2, dry_run=False)
+    # ... one in no calibration batch fails the dry run, before any training, as the real
+    # attach would; so does one that only appears after the calib_batches the method reads
+    only0 = [(x, y, zeros)] * 3
+    for dry in (True, False):
+        with pytest.raises(ConfigError, match=r"group\(s\) \[1\] have no samples in the 3"):
+            _attach(copy_net(net), only0, 2, dry_run=dry)
+    too_late = [(x, y, zeros)] * 4 + [(x, y, torch.arange(8) % 2)]
+    for dry in (True, False):
+        with pytest.raises(ConfigError, match=r"group\(s\) \[1\] have no samples in the 4"):
+            _attach(copy_net(net), too_late, 2, dry_run=dry)
 
 
 def copy_net(net):

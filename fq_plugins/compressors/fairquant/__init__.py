@@ -32,7 +32,7 @@ from ...targets import Target
 from ..uniform import SymmetricWeightQuant
 from .allocation import Allocation, allocate_bits, check_levels
 from .baq import LearnableBitQuant
-from .importance import ImportanceResult, group_importance, reduce_groups
+from .importance import ImportanceResult, check_calib_groups, group_importance, reduce_groups
 
 __all__ = [
     "Allocation",
@@ -198,7 +198,15 @@ class FairQuantCompressor(Compressor):
         # A dry run (``fq-plugins validate``, the start of ``run``) does the real computation
         # on the first calibration batch: the model's forward/backward on it (output shape,
         # label range, group ids, double-backward for hawq), then the allocation below (budget
-        # feasibility). Only "every group present" needs the whole calibration set.
+        # feasibility). "Every group present" needs the whole calibration set: from the
+        # group ids alone, without the model.
+        if context.dry_run:
+            check_calib_groups(
+                context.iter_calib(),
+                calib_batches=imp.calib_batches,
+                n_groups=context.n_groups,
+                group_source=imp.group_source,
+            )
         self.importance = group_importance(
             model,
             context.iter_calib(),

@@ -204,7 +204,8 @@ def group_importance(
                 # differentiate against is the one the forward pass used.
                 with parametrize.cached():
                     weights = [
-                        cast(torch.Tensor, getattr(m, p)) for m, p in zip(modules, params, strict=True)
+                        cast(torch.Tensor, getattr(m, p))
+                        for m, p in zip(modules, params, strict=True)
                     ]
                     logits = model(xs)
                     _check_labels(logits, ys)
@@ -277,6 +278,36 @@ def group_importance(
         signal=signal,
         reducer=reducer,
     )
+
+
+def check_calib_groups(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    *,
+    calib_batches: int,
+    n_groups: int | None,
+    group_source: GroupSource = "auto",
+) -> None:
+    """Raise the ConfigError :func:`group_importance` would raise for a group without
+    calibration examples, from the group ids alone (no forward pass): what a dry run can
+    check before training. Nothing to check with classes as groups or unknown n_groups."""
+    if group_source == "classes" or n_groups is None:
+        return
+    seen: set[int] = set()
+    n_done = 0
+    for _, _, g in batches:
+        if n_done >= calib_batches:
+            break
+        if g is None:  # auto falls back to classes: group_importance warns about that
+            return
+        seen.update(int(v) for v in torch.unique(g.to(torch.long).reshape(-1)).tolist())
+        n_done += 1
+    missing = [gid for gid in range(n_groups) if gid not in seen]
+    if n_done and missing:
+        raise ConfigError(
+            f"group(s) {missing} have no samples in the {n_done} calibration batches; every "
+            f"group needs calibration data. Raise importance.calib_batches, or check the "
+            f"group column / n_groups={n_groups}"
+        )
 
 
 def _check_labels(logits: torch.Tensor, y: torch.Tensor) -> None:
