@@ -388,6 +388,11 @@ class FQCallback(TrainerCallback):
         if not isinstance(model, nn.Module):
             raise ConfigError("FQCallback needs Trainer(model=...) (got no model)")
         self._check_args(args)
+        n_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        if isinstance(n_labels, int) and not isinstance(n_labels, bool) and n_labels >= 2:
+            from ..fairness.rates import pos_label_in_range
+
+            pos_label_in_range(self.recipe.fairness.pos_label, n_labels)  # before training
         device = next(model.parameters()).device
         calib = self._calib_batches(model, args)
         if calib is not None:

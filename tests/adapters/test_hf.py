@@ -225,6 +225,13 @@ def test_group_missing_from_label_names(tmp_path: Any) -> None:
                    train_dataset=TextDS(32, 1))
 
 
+def test_pos_label_outside_the_classes_is_refused_before_training(tmp_path: Any) -> None:
+    fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4},
+                                       fairness={**FAIR, "pos_label": N_CLASSES}))
+    with pytest.raises(ConfigError, match=rf"fairness.pos_label: pos_label {N_CLASSES} is outside"):
+        fq.trainer(Trainer, model=bert(), args=targs(tmp_path), train_dataset=TextDS(32, 1))
+
+
 def test_regularizer_without_group_column(tmp_path: Any) -> None:
     fq = FQCallback.from_recipe(recipe({"method": "uniform", "bits": 4}))
     trainer = fq.trainer(Trainer, model=bert(), args=targs(tmp_path),
