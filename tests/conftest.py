@@ -51,3 +51,36 @@ def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, 
         text=True,
         timeout=timeout,
     )
+
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def torchrun(
+    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300, nproc: int = 2
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node NPROC ARGS`` with one thread per process and
+    the repository on PYTHONPATH; skips the test without torchrun, fails it (with the output's
+    tails) on a non-zero exit."""
+    if not TORCHRUN.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def fake_rapl(tmp: Path, package_uj: int = 10_000_000, dram_uj: int = 20_000_000) -> Path:
+    """A powercap tree with one package and one DRAM zone (for ``FQ_POWERCAP_ROOT``)."""
+    from .test_rapl import zone
+
+    root = tmp / "powercap"
+    zone(root, "intel-rapl:0", "package-0", package_uj)
+    zone(root, "intel-rapl:0:0", "dram", dram_uj)
+    return root

@@ -4,53 +4,26 @@ energy is one reading per physical device (the node's RAPL counters counted once
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fq_plugins.fairness.table import GroupConfusion
 
-from .conftest import ROOT
+from .conftest import ROOT, fake_rapl, torchrun
 from .ddp_worker import CLASSES, DRAM_UJ, GROUPS, PACKAGE_UJ, compute_metrics, make_data
-from .test_rapl import zone
-
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
-    if not TORCHRUN.exists():
-        pytest.skip("torchrun is not installed next to this Python")
     tmp = tmp_path_factory.mktemp("ddp")
-    root = tmp / "powercap"
-    zone(root, "intel-rapl:0", "package-0", 10_000_000)
-    zone(root, "intel-rapl:0:0", "dram", 20_000_000)
     out = tmp / "out"
     out.mkdir()
-    env = {
-        **os.environ,
-        "FQ_POWERCAP_ROOT": str(root),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    proc = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(ROOT / "tests" / "ddp_worker.py"),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
+    root = fake_rapl(tmp)
+    torchrun(
+        [str(ROOT / "tests" / "ddp_worker.py"), str(out)],
+        env={"FQ_POWERCAP_ROOT": str(root)},
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+from .conftest import torchrun
+
 RECIPE = {
     "name": "ddp",
     "data": {"source": "synthetic", "synthetic": {"n": 1200, "n_classes": 4, "image_size": 8}},
@@ -38,41 +38,18 @@ RECIPE = {
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_report(tmp_path):
-    if not TORCHRUN.exists():
-        pytest.skip("torchrun is not installed next to this Python")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = {
-        1: [
-            sys.executable,
-            "-m",
-            "fq_plugins",
-            "run",
-            str(recipe),
-            "-q",
-            "-o",
-            str(tmp_path / "one"),
-        ],
-        2: [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "fq_plugins",
-            "run",
-            str(recipe),
-            "-q",
-            "-o",
-            str(tmp_path / "two"),
-        ],
-    }
-    for n, cmd in runs.items():
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        if n == 2:  # rank 0 alone prints the table
-            assert proc.stdout.count("uniform-4 ") == 1
+    one_proc = subprocess.run(
+        [sys.executable, "-m", "fq_plugins", "run", str(recipe), "-q", "-o", str(tmp_path / "one")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one_proc.returncode == 0, one_proc.stdout[-2000:] + one_proc.stderr[-3000:]
+    two_proc = torchrun(["-m", "fq_plugins", "run", str(recipe), "-q", "-o", str(tmp_path / "two")])
+    assert two_proc.stdout.count("uniform-4 ") == 1  # rank 0 alone prints the table
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert two["environment"]["world_size"] == 2 and one["environment"]["world_size"] == 1

@@ -8,9 +8,6 @@ energy the worker's fake RAPL counters were advanced by.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +21,7 @@ from transformers import Trainer
 
 from fq_plugins.adapters.hf import FQCallback
 
-from ..conftest import ROOT
-from ..test_rapl import zone
+from ..conftest import ROOT, fake_rapl, torchrun
 from .hf_ddp_worker import (
     DRAM_UJ,
     METHODS,
@@ -37,41 +33,17 @@ from .hf_ddp_worker import (
 )
 from .test_hf import TextDS, _oracle_metrics, bert, targs
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
-
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
-    if not TORCHRUN.exists():
-        pytest.skip("torchrun is not installed next to this Python")
     tmp = tmp_path_factory.mktemp("hf_ddp")
-    root = tmp / "powercap"
-    zone(root, "intel-rapl:0", "package-0", 10_000_000)
-    zone(root, "intel-rapl:0:0", "dram", 20_000_000)
     out = tmp / "out"
     out.mkdir()
-    env = {
-        **os.environ,
-        "FQ_POWERCAP_ROOT": str(root),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    proc = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(ROOT / "tests" / "adapters" / "hf_ddp_worker.py"),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    root = fake_rapl(tmp)
+    torchrun(
+        [str(ROOT / "tests" / "adapters" / "hf_ddp_worker.py"), str(out)],
+        env={"FQ_POWERCAP_ROOT": str(root), "TOKENIZERS_PARALLELISM": "false"},
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
@@ -102,9 +74,7 @@ def test_ranks_hold_identical_method_state(ddp: Any, name: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHODS))
-def test_eval_metrics_equal_a_single_process_evaluation(
-    ddp: Any, name: str, tmp_path: Any
-) -> None:
+def test_eval_metrics_equal_a_single_process_evaluation(ddp: Any, name: str, tmp_path: Any) -> None:
     out, results = ddp
     m0, m1 = (r[name]["metrics"] for r in results)
     figures = [k for k in m0 if not any(t in k for t in ("runtime", "per_second", "energy"))]
