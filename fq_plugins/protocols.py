@@ -83,6 +83,9 @@ class AttachContext:
     calibration batch is used."""
     installer: Installer | None = None
     """Where weight transforms go (default: parametrize); the adapters pass their own."""
+    n_train: int | None = None
+    """The training-set size, where the host knows it (``fq-plugins run``); BMRS's
+    ``kl_reduction: elbo`` uses it when the recipe gives no ``n_train``."""
     dry_run: bool = False
     """True when the host only checks that the methods can attach (``fq-plugins validate``,
     the start of ``run``): a method may skip costly measurements but must raise every

@@ -260,6 +260,7 @@ def _check_recipe(
         group_key=recipe.fairness.group_key,
         n_groups=train.n_groups,
         example_input=batch[0][:2],
+        n_train=len(train),
         dry_run=True,
     )
     for vname, methods in (variants if variants is not None else recipe.variants()).items():
@@ -724,6 +725,7 @@ def _run_variant(
         ),
         group_key=recipe.fairness.group_key,
         n_groups=train.n_groups,
+        n_train=len(train),
     )
     ft = recipe.finetune
     pipe = CompressionPipeline(methods, plugin_manager=pm, key=key, context=ctx)

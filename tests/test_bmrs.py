@@ -472,7 +472,6 @@ def test_no_gateable_layer_is_a_clear_error() -> None:
         ({"precision": 23.0}, r"outside \(0, 23\)"),
         ({"precision": -3}, r"outside \(0, 23\)"),
         ({"prior": "uniform", "a": -10.0}, "must lie inside"),
-        ({"kl_reduction": "elbo"}, "set n_train"),
     ],
 )
 def test_bad_config_values(cfg, match) -> None:
@@ -840,6 +839,21 @@ def test_kl_reductions() -> None:
         total += sum(kls)
     assert float(lm.penalty()) == pytest.approx(sum(per_layer) / len(per_layer), rel=1e-5)
     assert float(elbo.penalty()) == pytest.approx(2.0 * total / 1000, rel=1e-5)
+    # n_train from the host (fq-plugins run passes its training split's size) ...
+    host = BMRSCompressor(kl_reduction="elbo", kl_weight=2.0)
+    m2 = copy.deepcopy(mlp)
+    host.attach(
+        m2, select_targets(m2, host.config.targets), AttachContext(example_input=x, n_train=1000)
+    )
+    with torch.no_grad():
+        for i, s in enumerate(host.sites):
+            s.host.bmrs_gate.mu.copy_(torch.linspace(-15.0, -1.0, 8) + i)
+            s.host.bmrs_gate.log_sigma.copy_(torch.linspace(-3.0, 2.0, 8))
+    assert float(host.penalty()) == pytest.approx(2.0 * total / 1000, rel=1e-5)
+    # ... and neither the recipe nor the host knows it: refused at attach, before training
+    with pytest.raises(ConfigError, match="set n_train") as err:
+        _attach(copy.deepcopy(mlp), x, kl_reduction="elbo")
+    assert err.value.key == "n_train"
 
 
 def _all_pruned_mlp() -> tuple[MLP, BMRSCompressor]:
@@ -1009,3 +1023,24 @@ def test_hf_vit_from_config_gates_and_removes_mlp_units() -> None:
         torch.testing.assert_close(final(x), want, rtol=0, atol=1e-5)
     fc1 = dict(final.named_modules())
     assert [fc1[n].out_features for n in names] == [24, 24]
+
+
+def test_run_gives_elbo_its_training_set_size() -> None:
+    """`fq-plugins run`/`validate` pass the training split's size: elbo needs no n_train."""
+    from fq_plugins.recipe import load_recipe
+    from fq_plugins.run import build_datasets, check_recipe
+
+    pm = get_plugin_manager(autoload=False)
+    rec = load_recipe(
+        {
+            "data": {
+                "source": "synthetic",
+                "synthetic": {"n": 200, "n_classes": 3, "image_size": 8},
+            },
+            "model": {"name": "mlp", "kwargs": {"hidden": 8}},
+            "compress": [{"method": "bmrs", "kl_reduction": "elbo"}],
+        },
+        plugin_manager=pm,
+    )
+    train, _ = build_datasets(rec.data, rec.seed)
+    check_recipe(rec, train, pm)  # raised "set n_train" before

@@ -73,6 +73,7 @@ class BMRSGate(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((units,), float(init_log_sigma)))
         self.register_buffer("mask", torch.ones(units))
         self.bank: _GateBank | None = None
+        self.n_train: int | None = None  # kl_reduction: elbo (config, else the host's)
 
     def theta(self, batch: int | None) -> torch.Tensor:
         """Sampled gates, shape ``(batch, units)`` (training), or ``E[θ]`` (``batch=None``)."""
@@ -222,7 +223,10 @@ class BMRSConfig(MethodConfig):
         "(the per-example ELBO next to a mean cross-entropy).",
     )
     n_train: int | None = Field(
-        None, gt=0, description="Training-set size; needed by kl_reduction: elbo."
+        None,
+        gt=0,
+        description="Training-set size for kl_reduction: elbo (default: the host's, e.g. "
+        "`fq-plugins run`'s training split).",
     )
     delta_f: Literal["reference", "exact"] = Field(
         "reference",
@@ -268,11 +272,6 @@ class BMRSConfig(MethodConfig):
             raise ValueError(
                 f"BMRS_U's reduced prior [{lo:.3f}, {hi:.3f}] must lie inside [a, b] = "
                 f"[{self.a}, {self.b}]; widen a/b or change precision"
-            )
-        if self.kl_reduction == "elbo" and self.n_train is None:
-            raise ValueError(
-                "kl_reduction: elbo divides the summed KL by the training-set size; set "
-                "n_train (e.g. n_train: 8000) or use kl_reduction: layer_mean"
             )
         return self
 
@@ -323,6 +322,14 @@ class BMRSCompressor(Compressor):
 
         require_torch_pruning()  # finalize needs it: say so before any training is spent
         cfg = self.config
+        self.n_train = cfg.n_train or (context.n_train if context is not None else None)
+        if cfg.kl_reduction == "elbo" and self.n_train is None:
+            raise ConfigError(
+                "kl_reduction: elbo divides the summed KL by the training-set size, and this "
+                "host does not know it; set n_train (e.g. n_train: 8000) or use "
+                "kl_reduction: layer_mean",
+                key="n_train",
+            )
         x = _example_input(context)
         self.example_input = x
         sites, skipped = find_gate_sites(model, targets, x)
@@ -383,8 +390,8 @@ class BMRSCompressor(Compressor):
         bank = self.bank if self.bank is not None and len(gates) == len(self.bank.gates) else None
         kl_units = bank.kl_units() if bank is not None else torch.cat([g.kl() for g in gates])
         if cfg.kl_reduction == "elbo":
-            assert cfg.n_train is not None
-            kl = kl_units.sum() / cfg.n_train
+            assert self.n_train is not None
+            kl = kl_units.sum() / self.n_train
         else:  # mean per layer, then over layers: unit i weighs 1 / (layers · its layer's units)
             w = self._layer_weights(gates, kl_units)
             kl = (kl_units * w).sum()
