@@ -1062,7 +1062,8 @@ def compress_weights(
         ``calib_batches``, ``group_source``, ``hawq_samples``); ``granularity`` is ``tensor``.
     :param sensitivities: per-layer scores (higher = keep at the backup precision); given,
         no calibration pass runs.
-    :param nncf_kwargs: passed to both ``nncf.compress_weights`` calls (``awq`` etc.).
+    :param nncf_kwargs: passed to the primary ``nncf.compress_weights`` call (``awq``,
+        ``scale_estimation``, ``gptq``, ``subset_size``, …; the 8-bit call takes none of them).
     :returns: the compressed model (NNCF compresses in place, as ``nncf.compress_weights``)
         and the :class:`WeightCompressionPlan`.
     """
@@ -1093,7 +1094,6 @@ def compress_weights(
                 key="calib",
             )
         example_input = unpack_batch(next(iter(factory())), group_key=group_key)[0]
-    model.eval()
     cand, other = _weight_nodes(model, example_input, all_layers)
     if not cand:
         raise ConfigError(
@@ -1156,7 +1156,15 @@ def compress_weights(
         chosen = {n for n in cand if int(alloc.bits[n].reshape(-1)[0]) == 4}
     primary = [n for n in cand if n in chosen]
     rest = [n for n in cand if n not in chosen]
-    dataset = nncf.Dataset([example_input])
+    # NNCF's dataset: the calibration inputs (data-aware options such as awq use them)
+    inputs = [example_input]
+    if factory is not None:
+        n_max = ImportanceSpec.model_validate(dict(importance or {})).calib_batches
+        inputs = [
+            unpack_batch(b, group_key=group_key)[0]
+            for _, b in zip(range(n_max), factory(), strict=False)
+        ]
+    dataset = nncf.Dataset(inputs)
     if primary:
         model = nncf.compress_weights(
             model,
@@ -1174,7 +1182,6 @@ def compress_weights(
             mode=backup,
             dataset=dataset,
             ignored_scope=nncf.IgnoredScope(names=[cand[n] for n in primary]),
-            **nncf_kwargs,
         )
     plan = WeightCompressionPlan(
         primary=primary,

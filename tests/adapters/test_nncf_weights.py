@@ -213,3 +213,18 @@ def test_openvino_keeps_both_precisions() -> None:
     assert sorted(u8) == sorted(shapes[n] for n in plan.backup)
     out = ov.compile_model(ov_model, "CPU")(x.numpy())[0]
     assert abs(out - ref).max() <= 1e-2 * max(1.0, abs(ref).max())
+
+
+def test_data_aware_options_reach_the_4bit_call() -> None:
+    """scale_estimation needs NNCF's dataset: it gets the calibration inputs, and changes the
+    4-bit layers' scales only (the 8-bit call takes no such options)."""
+    batches = _batches(3)
+    plain, p1 = fq_nncf.compress_weights(_model(), batches, ratio=0.5, group_size=32, n_groups=2)
+    est, p2 = fq_nncf.compress_weights(
+        _model(), batches, ratio=0.5, group_size=32, n_groups=2, scale_estimation=True
+    )
+    assert p1.primary == p2.primary
+    a, b = plain.state_dict(), est.state_dict()
+    for n in LAYERS:
+        key = f"__nncf_hooks.post_hooks.{n}:weight__0.0._scale"
+        assert torch.equal(a[key], b[key]) == (n not in p1.primary), n
