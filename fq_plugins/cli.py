@@ -1,4 +1,4 @@
-"""Command line: ``fq-plugins run | plugins | list | validate | show-default | co2st``.
+"""Command line: ``fq-plugins run | report | plugins | list | validate | show-default | co2st``.
 
 User errors (:class:`~fq_plugins.errors.FQError`) print one message and exit 2; nothing
 already computed is lost (``run`` writes its report after every variant).
@@ -107,6 +107,17 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("recipe", help="recipe file")
 
     sub.add_parser("show-default", help="print the embedded default recipe (YAML)")
+
+    rp = sub.add_parser(
+        "report",
+        help="print the table of a run folder and rewrite its report.html and results.csv",
+        description=(
+            "Reads RUN_DIR/report.json (written by `fq-plugins run`, also a partial one), "
+            "prints the comparison table and rewrites report.html and results.csv beside it. "
+            "Nothing is recomputed."
+        ),
+    )
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding report.json")
 
     c = sub.add_parser(
         "co2st",
@@ -363,6 +374,38 @@ def _cmd_show_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from .html_report import write_html_report
+    from .report import format_table, results_csv
+    from .run_folder import atomic_write
+
+    path = os.path.join(args.run_dir, "report.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no report.json in {args.run_dir!r}; give the folder `fq-plugins run` printed "
+            "(report: <folder>/report.json)",
+            key="RUN_DIR",
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not a readable report ({exc})", key="RUN_DIR") from None
+    variants = report.get("variants") if isinstance(report, dict) else None
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise ConfigError(
+            f"{path} has no list of variants: not an fq-plugins report", key="RUN_DIR"
+        )
+    metrics = ((report.get("recipe") or {}).get("fairness") or {}).get("metrics")
+    print(format_table(variants, metrics=metrics))
+    atomic_write(os.path.join(args.run_dir, "results.csv"), results_csv(variants))
+    html = write_html_report(report, args.run_dir)
+    print(f"report: {html}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -376,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": _cmd_validate,
         "show-default": _cmd_show_default,
         "co2st": _cmd_co2st,
+        "report": _cmd_report,
     }
     try:
         return handlers[args.command](args)

@@ -131,12 +131,18 @@ def test_json_output_and_quiet(tmp_path):
             "avg_bits 0.5 cannot be met",
         ),
         ({"fairness": {"metrics": ["worst"]}}, "unknown fairness metric 'worst'"),
-        ({"compress": [{"method": "fairquant", "budget": {"levels": {2: 0.5, 8: 0.6}}}]},
-         "compress[0].budget: fractions must be ≥ 0 and sum to 1; got [0.5, 0.6]"),
-        ({"compress": [{"method": "fairquant", "budget": {"levels": {2: 0.5, 17: 0.5}}}]},
-         "compress[0].budget: bit levels must be integers in 1–16; got [17]"),
-        ({"compress": [{"method": "fairquant", "mode": "baq", "budget": {"avg_bits": 1.5}}]},
-         "compress[0].budget.avg_bits: avg_bits 1.5 cannot be met"),
+        (
+            {"compress": [{"method": "fairquant", "budget": {"levels": {2: 0.5, 8: 0.6}}}]},
+            "compress[0].budget: fractions must be ≥ 0 and sum to 1; got [0.5, 0.6]",
+        ),
+        (
+            {"compress": [{"method": "fairquant", "budget": {"levels": {2: 0.5, 17: 0.5}}}]},
+            "compress[0].budget: bit levels must be integers in 1–16; got [17]",
+        ),
+        (
+            {"compress": [{"method": "fairquant", "mode": "baq", "budget": {"avg_bits": 1.5}}]},
+            "compress[0].budget.avg_bits: avg_bits 1.5 cannot be met",
+        ),
         (
             {
                 "data": {
@@ -235,3 +241,32 @@ def test_validate_and_show_default(tmp_path):
     out = run_cli("validate", str(p))
     resolved = json.loads(out.stdout)
     assert out.returncode == 0 and resolved["compress"][0]["budget"]["avg_bits"] == 2.5
+
+
+def test_report_command_redraws_a_run_folder(tmp_path):
+    """Oracle: the files `fq-plugins run` wrote itself (same report.json → same page, CSV and
+    table)."""
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    run = run_cli("run", str(p), "-q", "-o", str(tmp_path / "o"))
+    assert run.returncode == 0, run.stderr
+    folder = next((tmp_path / "o").rglob("report.json")).parent
+    html, csv = (folder / "report.html").read_text(), (folder / "results.csv").read_text()
+    (folder / "report.html").unlink()
+    (folder / "results.csv").unlink()
+    out = run_cli("report", str(folder))
+    assert out.returncode == 0, out.stderr
+    table = run.stdout.split("report:")[0]
+    assert out.stdout.startswith(table)
+    assert (folder / "report.html").read_text() == html
+    assert (folder / "results.csv").read_text() == csv
+    # bad input: a folder without a report, a file that is not one
+    out = run_cli("report", str(tmp_path))
+    assert out.returncode == 2 and "no report.json in" in out.stderr
+    assert "Traceback" not in out.stderr
+    (tmp_path / "report.json").write_text("{not json")
+    out = run_cli("report", str(tmp_path))
+    assert out.returncode == 2 and "is not a readable report" in out.stderr
+    (tmp_path / "report.json").write_text('{"variants": 3}')
+    out = run_cli("report", str(tmp_path))
+    assert out.returncode == 2 and "not an fq-plugins report" in out.stderr
