@@ -266,7 +266,7 @@ class FQWeightHook(nn.Module, StatefulModuleInterface):
 class _RangeClip(torch.autograd.Function):
     """``clamp(w, -r, r)`` with the straight-through gradient ``[|w| ≤ r]`` from one saved
     boolean mask (autograd of ``maximum(minimum(w, r), -r)`` builds a mask per op and splits
-    the gradient at ties; profiled: most of the adapter's extra time per training step)."""
+    the gradient at ties; profiled: a large part of the adapter's extra time per step)."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
