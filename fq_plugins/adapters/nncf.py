@@ -934,8 +934,8 @@ def to_openvino(
             x = ops.subtract(x, ops.constant(np.float32(zp)))
         mag = ops.multiply(x, ops.constant(scale))
         if qc.offset or bool((qc.shift != 0).any()):
-            # value = sign(k)·((|k| − offset)·s + shift)
-            shift = qc.shift.numpy().reshape(shape_c).astype(np.float32)
+            # value = sign(k)·((|k| − offset)·s + shift), all of it times the folded ratio
+            shift = (qc.shift.numpy().reshape(shape_c) * ratio).astype(np.float32)
             off = ops.multiply(
                 ops.sign(x), ops.constant((shift - qc.offset * scale).astype(np.float32))
             )

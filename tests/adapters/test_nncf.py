@@ -234,6 +234,23 @@ def test_timm_resnet18_uniform():
     assert calls  # NNCF runs the quantizer: its op name is NNCF's own
 
 
+class NetBN(nn.Module):
+    """Convolutions followed by BatchNorm: OpenVINO folds the norm into the weight constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 @pytest.mark.parametrize(
     "rec",
     [
@@ -241,7 +258,8 @@ def test_timm_resnet18_uniform():
         {"compress": [{"method": "codeq", "bits": 4}]},
     ],
 )
-def test_openvino_graph_equals_torch_without_activation_quantizers(rec):
+@pytest.mark.parametrize("net", [Net, NetBN])
+def test_openvino_graph_equals_torch_without_activation_quantizers(rec, net):
     """Weights-only (a plain model through apply: no NNCF activation quantizers): the
     low-bit OpenVINO graph, run in float32, is the torch model to float rounding. (With
     int8 activation quantizers, rounding ties flip between any two float implementations.)"""
@@ -249,7 +267,15 @@ def test_openvino_graph_equals_torch_without_activation_quantizers(rec):
     torch.manual_seed(0)
     batches = _batches()
     x = batches[0][0]
-    q = fq_nncf.apply(Net().eval(), rec, calib=batches)
+    model = net().eval()
+    if net is NetBN:  # non-trivial norms, so the folded per-channel ratio is not 1
+        with torch.no_grad():
+            for bn in (model.b1, model.b2):
+                bn.weight.uniform_(0.5, 2.0)
+                bn.bias.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.running_mean.uniform_(-0.2, 0.2)
+    q = fq_nncf.apply(model, rec, calib=batches)
     f = fq_nncf.finalize(q, probe=lambda m: m(x))
     om, rep = fq_nncf.to_openvino(f, x)
     with torch.no_grad():
