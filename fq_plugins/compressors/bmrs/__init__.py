@@ -73,7 +73,6 @@ class BMRSGate(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((units,), float(init_log_sigma)))
         self.register_buffer("mask", torch.ones(units))
         self.bank: _GateBank | None = None
-        self.n_train: int | None = None  # kl_reduction: elbo (config, else the host's)
 
     def theta(self, batch: int | None) -> torch.Tensor:
         """Sampled gates, shape ``(batch, units)`` (training), or ``E[θ]`` (``batch=None``)."""
@@ -296,6 +295,7 @@ class BMRSCompressor(Compressor):
         self.example_input: torch.Tensor | None = None
         self.final_report: dict[str, Any] | None = None
         self.bank: _GateBank | None = None
+        self.n_train: int | None = None  # kl_reduction: elbo (config, else the host's)
         self._root_hook: Any = None
 
     @property
