@@ -1085,6 +1085,14 @@ def compress_weights(
                 "candidates with sensitivities)",
                 key=k,
             )
+    from pydantic import ValidationError
+
+    from ..recipe import _raise_validation
+
+    try:
+        spec = ImportanceSpec.model_validate({**dict(importance or {}), "granularity": "tensor"})
+    except ValidationError as exc:
+        _raise_validation(exc, ImportanceSpec, "importance")
     model = wrap_sequential(model)
     factory = _calib_factory(calib)
     if example_input is None:
@@ -1125,7 +1133,6 @@ def compress_weights(
                 "your own sensitivities",
                 key="calib",
             )
-        spec = ImportanceSpec.model_validate({**dict(importance or {}), "granularity": "tensor"})
         batches = (unpack_batch(b, group_key=group_key) for b in factory())
         imp = group_importance(
             model,
@@ -1160,7 +1167,7 @@ def compress_weights(
     # NNCF's dataset: the calibration inputs (data-aware options such as awq use them)
     inputs = [example_input]
     if factory is not None:
-        n_max = ImportanceSpec.model_validate(dict(importance or {})).calib_batches
+        n_max = spec.calib_batches
         inputs = [
             unpack_batch(b, group_key=group_key)[0]
             for _, b in zip(range(n_max), factory(), strict=False)

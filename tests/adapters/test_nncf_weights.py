@@ -173,6 +173,8 @@ def test_ratio_ends_and_sequential() -> None:
         ({"sensitivities": {"l1": 1.0}}, "missing"),
         ({"sensitivities": {**dict.fromkeys(LAYERS, 1.0), "l9": 1.0}}, "unknown"),
         ({"sensitivities": {**dict.fromkeys(LAYERS, 1.0), "l2": float("nan")}}, "finite"),
+        ({"importance": {"signal": "bogus"}}, r"importance.signal.*grape"),
+        ({"importance": {"calib_batches": 0}}, r"importance.calib_batches"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs: dict, match: str) -> None:
