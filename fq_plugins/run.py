@@ -253,10 +253,14 @@ def _check_recipe(
 
     pos_label_in_range(recipe.fairness.pos_label, train.n_classes)
     model = _build_model(recipe, train)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    batch = next(iter(iterate_batches(train, recipe.train.batch_size, shuffle=True, generator=gen)))
+
+    def calib() -> Any:  # the order the run's first seed calibrates in (_run_variant)
+        gen = torch.Generator().manual_seed(recipe.seed)
+        return iterate_batches(train, recipe.train.batch_size, shuffle=True, generator=gen)
+
+    batch = next(iter(calib()))
     ctx = AttachContext(
-        calib_batches=lambda: iter([batch]),
+        calib_batches=calib,
         group_key=recipe.fairness.group_key,
         n_groups=train.n_groups,
         example_input=batch[0][:2],

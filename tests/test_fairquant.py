@@ -623,3 +623,53 @@ def test_dry_run_budget_infeasibility_is_caught():
     )
     with pytest.raises(ConfigError, match=r"avg_bits 1\.5 cannot be met"):
         comp.attach(net, select_targets(net), ctx)
+
+
+def test_run_dry_run_reads_the_calibration_batches_not_one(tmp_path) -> None:
+    """A group too rare for the first batch but present in the calibration set passes
+    `fq-plugins validate`/the start of `run`: the dry run reads the run's calibration order
+    (it read one batch and refused such a group)."""
+    import numpy as np
+
+    from fq_plugins.data.base import iterate_batches
+    from fq_plugins.manager import get_plugin_manager
+    from fq_plugins.recipe import load_recipe
+    from fq_plugins.run import build_datasets, check_recipe
+
+    rng = np.random.default_rng(0)
+    n = 640
+    age = np.full(n, 30.0)
+    age[rng.choice(n, 6, replace=False)] = 70.0  # 6 of 640: ≈ 0.6 per batch of 64
+    np.savez(
+        tmp_path / "d.npz",
+        x=rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
+        y=np.arange(n) % 2,
+        age=age,
+    )
+    pm = get_plugin_manager(autoload=False)
+
+    def recipe(path):
+        return load_recipe(
+            {
+                "data": {
+                    "source": "npz",
+                    "path": str(path),
+                    "test_fraction": 0.1,
+                    "group": {"column": "age", "threshold": 60},
+                },
+                "model": {"name": "mlp", "kwargs": {"hidden": 8}},
+                "train": {"batch_size": 64},
+                "compress": [
+                    {"method": "fairquant", "mode": "static", "budget": {"avg_bits": 4.0}}
+                ],
+            },
+            plugin_manager=pm,
+        )
+
+    rec = recipe(tmp_path / "d.npz")
+    train, _ = build_datasets(rec.data, rec.seed)
+    gen = torch.Generator().manual_seed(rec.seed)
+    first = next(iter(iterate_batches(train, 64, shuffle=True, generator=gen)))
+    assert int((first[2] == 1).sum()) == 0, "the case needs a first batch without the group"
+    assert int((train.group == 1).sum()) > 0
+    check_recipe(rec, train, pm)
